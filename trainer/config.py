@@ -1,0 +1,507 @@
+"""Training configuration: dataclasses (the reference), YAML loading and dot-list overrides.
+
+    cfg = load_config("configs/debug.yaml", ["optim.lr=1e-4", "data.weak.0.weight=2"])
+
+Every field carries a one-line docstring; that docstring is the documentation of the key.
+Unknown keys and wrong types are errors that name the full key, e.g. ``optim.lr: expected float, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    name: str = "debug"
+    """Run name; also the default output folder name and the wandb run name."""
+    output_dir: str | None = None
+    """Where config.yaml, metrics.jsonl, eval/ and checkpoints/ go. Default: runs/NAME."""
+    seed: int = 0
+    """Seed for model init, data order and every RNG; ranks and workers derive their own from it."""
+
+
+@dataclass
+class SourceConfig:
+    name: str = ""
+    """Source name, used in logs (metrics.jsonl data_seen) and data-stream state."""
+    urls: str | list[str] = ""
+    """Shard urls: a brace pattern (shards/x/train/x-train-{000000..000009}.tar), or a list of them."""
+    weight: float = 1.0
+    """Relative sampling weight among the sources of the same kind (weak or strong); must be > 0."""
+
+
+@dataclass
+class DataConfig:
+    sample_rate: int = 32000
+    """Sample rate the model sees; shards at another rate are resampled on the fly."""
+    clip_seconds: float = 10.0
+    """Length of the training window: longer clips are cropped, shorter are padded with a mask."""
+    batch_size: int = 32
+    """Per-process batch size (global batch = batch_size x world size x grad_accum)."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process."""
+    weak: list[SourceConfig] = field(default_factory=list)
+    """Clip-caption sources (captions describe the whole clip)."""
+    strong: list[SourceConfig] = field(default_factory=list)
+    """Time-aligned sources (region captions with onset/offset)."""
+    strong_every: int = 2
+    """Every k-th batch is a strong batch (0: weak only). Ignored when strong_prob is set."""
+    strong_prob: float | None = None
+    """If set, each batch is strong with this probability instead of the fixed strong_every pattern."""
+    shuffle_buffer: int = 1000
+    """Samples held in the per-worker shuffle buffer (training only)."""
+    min_region_overlap: float = 0.5
+    """A strong region cut by the crop window is kept only if at least this fraction of it stays inside."""
+    allow_pipe: bool = False
+    """Accept `pipe:` shard urls (they run shell commands); off unless you trust the config."""
+
+
+@dataclass
+class AudioModelConfig:
+    name: Literal["conv", "ast", "clap_htsat", "whisper", "wav2vec2", "hubert"] = "conv"
+    """Audio encoder backend; 'conv' is a tiny encoder for tests and the demo."""
+    pretrained: str | None = None
+    """null: random init from the size fields below; a local path or hub id: load real weights."""
+    hidden_size: int = 64
+    """Width of the encoder (random-init only)."""
+    num_layers: int = 2
+    """Number of layers/blocks (random-init only)."""
+    num_heads: int = 4
+    """Attention heads (random-init transformer backends only)."""
+    n_mels: int = 64
+    """Mel bins of the front end (random-init backends that take spectrograms)."""
+    frame_rate: float = 25.0
+    """Target output frame rate in Hz for the conv encoder (others derive it from their own hop/patching)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra keys set on the transformers config of the backend (checked: must be existing attributes)."""
+
+
+@dataclass
+class TextModelConfig:
+    name: Literal["tiny", "bert", "roberta", "clap", "auto"] = "tiny"
+    """Text encoder backend; 'auto' uses AutoModel on `pretrained`, 'tiny' a small random BERT."""
+    pretrained: str | None = None
+    """null: random init + a tokenizer trained offline; a local path or hub id: load real weights."""
+    max_length: int = 32
+    """Captions are truncated to this many tokens."""
+    hidden_size: int = 64
+    """Width (random-init only)."""
+    num_layers: int = 2
+    """Layers (random-init only)."""
+    num_heads: int = 4
+    """Attention heads (random-init only)."""
+    vocab_size: int = 2000
+    """Vocabulary size of the tokenizer trained offline (random-init only)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra keys set on the transformers config (checked: must be existing attributes)."""
+
+
+@dataclass
+class ModelConfig:
+    audio: AudioModelConfig = field(default_factory=AudioModelConfig)
+    """Audio tower."""
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    """Text tower."""
+    embed_dim: int = 64
+    """Dimension of the joint embedding space (projection heads output, L2-normalised)."""
+
+
+@dataclass
+class LossConfig:
+    weak_weight: float = 1.0
+    """Weight of the clip-level InfoNCE on weak batches."""
+    strong_weight: float = 1.0
+    """Weight of the frame-level region contrastive loss on strong batches."""
+    strong_tau: float = 0.1
+    """Temperature of the region loss (frame-text similarities are divided by it)."""
+    temporal_weight: float = 0.0
+    """Weight of the optional temporal-order (DTU) margin term; 0 disables it."""
+    init_logit_scale: float = 1 / 0.07
+    """Initial clip-loss logit scale as the multiplier 1/τ (stored as its log; clamped at max_logit_scale)."""
+    max_logit_scale: float = 100.0
+    """Upper clamp of the learnable logit scale multiplier (CLIP uses 100)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to norms, biases and the logit scale)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many optimizer steps."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warmup: cosine decay to min_lr_ratio·lr at max_steps, or constant."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule as a fraction of lr."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps to train for."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision."""
+    grad_checkpointing: bool = False
+    """Recompute activations in backward for both towers (less memory, more compute)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping, norm still logged)."""
+    log_every: int = 10
+    """Write metrics.jsonl / wandb every N optimizer steps (0 disables)."""
+    eval_every: int = 0
+    """Evaluate every N optimizer steps and at the end (0 disables)."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    keep_last: int = 2
+    """Keep this many most recent checkpoints (0 keeps all)."""
+    resume: str | None = "auto"
+    """null: start fresh; auto: resume from output_dir/checkpoints/latest if present; or a checkpoint path."""
+    deepspeed: str | None = None
+    """null: DDP through Accelerate; or a DeepSpeed JSON (configs/deepspeed/zeroN.json) with `auto` values."""
+
+
+@dataclass
+class EvalSetConfig:
+    name: str = ""
+    """Name of the evaluation set (report keys are NAME/metric)."""
+    urls: str | list[str] = ""
+    """Shard urls of a finite evaluation split (brace pattern or list)."""
+    max_samples: int | None = None
+    """Evaluate on at most this many samples (null: all)."""
+
+
+@dataclass
+class EvalConfig:
+    retrieval: list[EvalSetConfig] = field(default_factory=list)
+    """Sets for text↔audio retrieval (R@k, mAP@10)."""
+    temporal: list[EvalSetConfig] = field(default_factory=list)
+    """Strong sets for temporal alignment (frame AUROC/AP, PSDS1, pAUROC)."""
+    batch_size: int = 32
+    """Per-process batch size for embedding computation."""
+
+
+@dataclass
+class WandbConfig:
+    project: str = "sonotext"
+    """wandb project."""
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline writes under output_dir/wandb; online needs a login; disabled turns it off."""
+    entity: str | None = None
+    """wandb entity (team); null uses the default."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run identity, output folder and seed."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shard sources, mixing and per-sample processing."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Audio/text towers and the joint space."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights and temperatures."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Step loop, precision, checkpointing."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation sets run every train.eval_every steps."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Experiment tracking."""
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.run.output_dir or Path("runs") / self.run.name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """YAML file (or None for the defaults) + dot-list overrides -> validated Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = from_dict(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {item!r}: {where} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{where}: no list item {part!r} (list has {len(node)} items)")
+    return int(part)
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking every key and type; errors name the full key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or '<root>'}: expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (known keys{' of ' + prefix if prefix else ''}: "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {name: _convert(hints[name], value, _join(prefix, name)) for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+    if value is None:
+        raise ConfigError(f"{key}: must not be null (expected {_type_name(tp)})")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return [_convert(args[0], v, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {_describe(value)}")
+        return value
+    if tp is float:
+        # YAML reads 1e-4 (no dot) as a string; accept numeric strings for floats only.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected float, got {_describe(value)}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected string, got {_describe(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r} in config schema")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    positive = {
+        "data.sample_rate": cfg.data.sample_rate,
+        "data.clip_seconds": cfg.data.clip_seconds,
+        "data.batch_size": cfg.data.batch_size,
+        "model.embed_dim": cfg.model.embed_dim,
+        "model.text.max_length": cfg.model.text.max_length,
+        "loss.strong_tau": cfg.loss.strong_tau,
+        "loss.init_logit_scale": cfg.loss.init_logit_scale,
+        "loss.max_logit_scale": cfg.loss.max_logit_scale,
+        "optim.lr": cfg.optim.lr,
+        "train.max_steps": cfg.train.max_steps,
+        "train.grad_accum": cfg.train.grad_accum,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value!r}")
+    non_negative = {
+        "data.num_workers": cfg.data.num_workers,
+        "data.strong_every": cfg.data.strong_every,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
+        "loss.weak_weight": cfg.loss.weak_weight,
+        "loss.strong_weight": cfg.loss.strong_weight,
+        "loss.temporal_weight": cfg.loss.temporal_weight,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "train.grad_clip": cfg.train.grad_clip,
+        "train.log_every": cfg.train.log_every,
+        "train.eval_every": cfg.train.eval_every,
+        "train.save_every": cfg.train.save_every,
+        "train.keep_last": cfg.train.keep_last,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    if not 0.0 <= cfg.data.min_region_overlap <= 1.0:
+        raise ConfigError(f"data.min_region_overlap: must be in [0, 1], got {cfg.data.min_region_overlap!r}")
+    if cfg.data.strong_prob is not None and not 0.0 <= cfg.data.strong_prob <= 1.0:
+        raise ConfigError(f"data.strong_prob: must be in [0, 1], got {cfg.data.strong_prob!r}")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {cfg.optim.min_lr_ratio!r}")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas: expected two values in [0, 1), got {cfg.optim.betas!r}")
+    if cfg.loss.init_logit_scale > cfg.loss.max_logit_scale:
+        raise ConfigError(
+            f"loss.init_logit_scale: {cfg.loss.init_logit_scale} exceeds loss.max_logit_scale {cfg.loss.max_logit_scale}"
+        )
+    for kind in ("weak", "strong"):
+        sources: list[SourceConfig] = getattr(cfg.data, kind)
+        seen: set[str] = set()
+        for i, src in enumerate(sources):
+            key = f"data.{kind}.{i}"
+            if not src.name:
+                raise ConfigError(f"{key}.name: must be a non-empty string")
+            if src.name in seen:
+                raise ConfigError(f"{key}.name: duplicate source name {src.name!r}")
+            seen.add(src.name)
+            if not src.urls:
+                raise ConfigError(f"{key}.urls: must name at least one shard")
+            if not (src.weight > 0):
+                raise ConfigError(f"{key}.weight: must be > 0, got {src.weight!r}")
+    names = [s.name for s in cfg.data.weak] + [s.name for s in cfg.data.strong]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"data: source name {sorted(dup)[0]!r} is used by both weak and strong sources")
+    wants_strong = cfg.data.strong_prob > 0 if cfg.data.strong_prob is not None else cfg.data.strong_every > 0
+    if cfg.data.strong and not wants_strong:
+        raise ConfigError("data.strong: sources are configured but no batch would be strong (strong_every/strong_prob)")
+    if wants_strong and cfg.data.weak and not cfg.data.strong:
+        raise ConfigError("data.strong_every: strong batches requested but data.strong has no sources (set it to 0)")
+    all_strong = cfg.data.strong_prob == 1.0 if cfg.data.strong_prob is not None else cfg.data.strong_every == 1
+    if cfg.data.strong and not cfg.data.weak and not all_strong:
+        raise ConfigError("data.weak: no weak sources; set data.strong_every=1 for a strong-only run")
+    for kind in ("retrieval", "temporal"):
+        for i, s in enumerate(getattr(cfg.eval, kind)):
+            if not s.name or not s.urls:
+                raise ConfigError(f"eval.{kind}.{i}: needs a name and urls")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of a Config (for config.yaml, wandb and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring under each field of a config dataclass (the reference documentation)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
