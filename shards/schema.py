@@ -35,7 +35,11 @@ class Region:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": self.text, "onset": round(self.onset, 6), "offset": round(self.offset, 6)}
+        out: dict[str, Any] = {
+            "text": self.text,
+            "onset": round(self.onset, 6),
+            "offset": round(self.offset, 6),
+        }
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -171,7 +175,11 @@ def validate_sample(sample: Sample, tolerance: float = 1e-3) -> None:
             fail(f"field {k!r} must be a non-empty string, got {v!r}")
     if not _finite(sample.duration) or sample.duration <= 0:
         fail(f"field 'duration' must be a finite number > 0, got {sample.duration!r}")
-    if not isinstance(sample.sample_rate, int) or isinstance(sample.sample_rate, bool) or sample.sample_rate <= 0:
+    if (
+        not isinstance(sample.sample_rate, int)
+        or isinstance(sample.sample_rate, bool)
+        or sample.sample_rate <= 0
+    ):
         fail(f"field 'sample_rate' must be a positive int, got {sample.sample_rate!r}")
     for i, c in enumerate(sample.captions):
         if not isinstance(c, str) or not c.strip():

@@ -322,7 +322,9 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+    return (
+        f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+    )
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -465,10 +467,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data: source name {sorted(dup)[0]!r} is used by both weak and strong sources")
     wants_strong = cfg.data.strong_prob > 0 if cfg.data.strong_prob is not None else cfg.data.strong_every > 0
     if cfg.data.strong and not wants_strong:
-        raise ConfigError("data.strong: sources are configured but no batch would be strong (strong_every/strong_prob)")
+        raise ConfigError(
+            "data.strong: sources are configured but no batch would be strong (strong_every/strong_prob)"
+        )
     if wants_strong and cfg.data.weak and not cfg.data.strong:
-        raise ConfigError("data.strong_every: strong batches requested but data.strong has no sources (set it to 0)")
-    all_strong = cfg.data.strong_prob == 1.0 if cfg.data.strong_prob is not None else cfg.data.strong_every == 1
+        raise ConfigError(
+            "data.strong_every: strong batches requested but data.strong has no sources (set it to 0)"
+        )
+    all_strong = (
+        cfg.data.strong_prob == 1.0 if cfg.data.strong_prob is not None else cfg.data.strong_every == 1
+    )
     if cfg.data.strong and not cfg.data.weak and not all_strong:
         raise ConfigError("data.weak: no weak sources; set data.strong_every=1 for a strong-only run")
     for kind in ("retrieval", "temporal"):
@@ -490,12 +498,13 @@ def field_docs(cls: type) -> dict[str, str]:
     """The one-line docstring under each field of a config dataclass (the reference documentation)."""
     import ast
     import inspect
+    import itertools
     import textwrap
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shards.schema import KeyAllocator, Region, SchemaError, Sample, make_key, validate_sample
+from shards.schema import KeyAllocator, Region, Sample, SchemaError, make_key, validate_sample
 
 
 def sample(**kw):

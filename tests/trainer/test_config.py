@@ -12,7 +12,9 @@ import yaml
 from trainer.config import Config, ConfigError, field_docs, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINING_CONFIGS = sorted([ROOT / "configs" / "debug.yaml", *(ROOT / "configs" / "experiments").rglob("*.yaml")])
+TRAINING_CONFIGS = sorted(
+    [ROOT / "configs" / "debug.yaml", *(ROOT / "configs" / "experiments").rglob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -35,7 +37,9 @@ def test_deepspeed_configs_parse(path):
 
 @pytest.mark.parametrize(
     "path",
-    sorted([*(ROOT / "configs" / "accelerate").glob("*.yaml"), *(ROOT / "configs" / "clusters").glob("*.yaml")]),
+    sorted(
+        [*(ROOT / "configs" / "accelerate").glob("*.yaml"), *(ROOT / "configs" / "clusters").glob("*.yaml")]
+    ),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_launch_configs_parse(path):
@@ -44,7 +48,9 @@ def test_launch_configs_parse(path):
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = load_config(ROOT / "configs" / "debug.yaml", ["optim.lr=1e-4", "data.weak.0.weight=2", "run.name=x"])
+    cfg = load_config(
+        ROOT / "configs" / "debug.yaml", ["optim.lr=1e-4", "data.weak.0.weight=2", "run.name=x"]
+    )
     assert cfg.optim.lr == pytest.approx(1e-4)
     assert cfg.data.weak[0].weight == 2.0
     assert cfg.output_dir == Path("runs/x")
