@@ -1,0 +1,224 @@
+"""Evaluate a checkpoint on an evaluation split; prints a table and writes a JSON report.
+
+    python -m tools.evaluate --checkpoint runs/debug/checkpoints/step_10 \\
+        --data data/demo/shards/clotho/evaluation --task retrieval --out report.json
+    torchrun --nproc_per_node 4 -m tools.evaluate ...     # each rank embeds its share; rank 0 writes the report
+
+retrieval: text->audio and audio->text R@1/5/10, mAP@10, medR; with the split's multi-relevance judgements
+(manifest.json `relevance_keys`/`relevance`, or --relevance) also t2a_multi/*. temporal (strong splits): frame
+AUROC/AP, PSDS1, pAUROC, zero-shot accuracy. Embeddings are cached under CHECKPOINT/eval_cache/ (--no-cache to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+TASKS = ("retrieval", "temporal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="RUN/checkpoints/step_N (holds model/)")
+    p.add_argument("--data", required=True, nargs="+", help="shard urls: brace pattern(s) or split folder(s)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--out", required=True, type=Path, help="JSON report to write")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per batch and rank (default 16)")
+    p.add_argument("--sample-rate", type=int, default=None, help="default: the model's sample rate")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    p.add_argument(
+        "--relevance", type=Path, default=None, help="manifest.json or metadata_eval.csv with judgements"
+    )
+    p.add_argument("--max-sed-queries", type=int, default=512, help="query vocabulary cap for PSDS1/pAUROC")
+    p.add_argument(
+        "--text-template",
+        default="{}",
+        help='temporal queries as TEMPLATE.format(text), e.g. "the sound of {}"',
+    )
+    p.add_argument("--jobs", type=int, default=1, help="processes for PSDS1/pAUROC on rank 0 (default 1)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write CHECKPOINT/eval_cache/")
+    return p
+
+
+def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
+    """The resolved run config stored with a checkpoint (CHECKPOINT/config.yaml, else RUN/config.yaml); {} if none."""
+    for path in (checkpoint / "config.yaml", checkpoint.parent.parent / "config.yaml"):
+        if path.is_file():
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def checkpoint_sample_rate(checkpoint: Path, given: int | None = None, model=None) -> int:
+    """The rate audio is fed at: `given` (--sample-rate), else the model's `sample_rate`, else data.sample_rate of
+    the checkpoint's config; a clear error when none is known."""
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"--sample-rate: must be > 0, got {given}")
+        return given
+    rate = getattr(model, "sample_rate", None)
+    if not isinstance(rate, int) or rate <= 0:
+        rate = checkpoint_config(checkpoint).get("data", {}).get("sample_rate")
+    if not isinstance(rate, int) or rate <= 0:
+        raise ValueError(f"{checkpoint}: no sample rate in the model or its config.yaml; pass --sample-rate")
+    return rate
+
+
+def check_checkpoint(checkpoint: Path) -> Path:
+    """The checkpoint's model/ folder; ValueError naming the path when it is missing."""
+    if not checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {checkpoint}: not a directory")
+    model_dir = checkpoint / "model"
+    if not model_dir.is_dir():
+        raise ValueError(f"--checkpoint {checkpoint}: no model/ folder (expected RUN/checkpoints/step_N)")
+    return model_dir
+
+
+def load_model(checkpoint: Path, device: torch.device):
+    """AudioTextModel.from_pretrained(CHECKPOINT/model) on `device`, in eval mode."""
+    from trainer.model import AudioTextModel
+
+    return AudioTextModel.from_pretrained(check_checkpoint(checkpoint), device=device).eval()
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group a launcher (torchrun) describes in the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def pick_device(given: str | None) -> torch.device:
+    if given:
+        return torch.device(given)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def cache_path(checkpoint: Path, task: str, urls: list[str], sample_rate: int, extra: str = "") -> Path:
+    """CHECKPOINT/eval_cache/TASK-HASH.npz; the hash covers the data urls, sample rate and query options."""
+    digest = hashlib.sha1(json.dumps([urls, sample_rate, extra]).encode("utf-8")).hexdigest()[:16]
+    return checkpoint / "eval_cache" / f"{task}-{digest}.npz"
+
+
+def progress(batches: Iterable[dict], enabled: bool, desc: str) -> Iterable[dict]:
+    """Batches with a tqdm bar when stdout is a terminal."""
+    if enabled and sys.stdout.isatty():
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=desc, unit="batch")
+    return batches
+
+
+def format_table(report: Mapping[str, float]) -> str:
+    """Metric | value rows; fractions as percentages, ranks and counts as numbers."""
+    rows = []
+    for key, value in report.items():
+        name = key.rsplit("/", 1)[-1]
+        if name.startswith("num_"):
+            text = f"{int(value)}"
+        elif name == "medR":
+            text = f"{value:.1f}"
+        elif isinstance(value, float) and math.isnan(value):
+            text = "n/a"
+        else:
+            text = f"{100 * value:.2f}%"
+        rows.append((key, text))
+    width = max([len("metric")] + [len(k) for k, _ in rows])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -------"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as `args` say; the report on every rank."""
+    from shards.reader import iter_eval_batches
+    from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance, read_relevance
+
+    check_checkpoint(args.checkpoint)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size: must be > 0, got {args.batch_size}")
+    if args.jobs <= 0:
+        raise ValueError(f"--jobs: must be > 0, got {args.jobs}")
+    if args.max_sed_queries <= 0:
+        raise ValueError(f"--max-sed-queries: must be > 0, got {args.max_sed_queries}")
+    if "{}" not in args.text_template:
+        raise ValueError(
+            f"--text-template: must contain {{}} where the text goes, got {args.text_template!r}"
+        )
+    rank, world = init_distributed()
+    device = pick_device(args.device)
+    model = load_model(args.checkpoint, device)
+    sample_rate = checkpoint_sample_rate(args.checkpoint, args.sample_rate, model)
+    batches = progress(
+        iter_eval_batches(
+            args.data, sample_rate=sample_rate, batch_size=args.batch_size, rank=rank, world_size=world
+        ),
+        enabled=rank == 0,
+        desc=f"embedding ({args.task})",
+    )
+    if args.task == "retrieval":
+        relevance = read_relevance(args.relevance) if args.relevance else load_relevance(args.data)
+        cache = None if args.no_cache else cache_path(args.checkpoint, "retrieval", args.data, sample_rate)
+        metrics = evaluate_retrieval(model, batches, relevance=relevance, device=device, cache_path=cache)
+    else:
+        extra = json.dumps([args.text_template])
+        cache = (
+            None if args.no_cache else cache_path(args.checkpoint, "temporal", args.data, sample_rate, extra)
+        )
+        metrics = evaluate_temporal(
+            model,
+            batches,
+            device=device,
+            max_sed_queries=args.max_sed_queries,
+            text_template=args.text_template,
+            cache_path=cache,
+            num_jobs=args.jobs,
+        )
+    return {
+        "task": args.task,
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "sample_rate": sample_rate,
+        "metrics": metrics,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(format_table(report["metrics"]))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.out)
+        print(f"wrote {args.out}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
