@@ -1,0 +1,481 @@
+"""The conversion engine: a source's entries -> decoded, resampled, segmented FLAC samples -> shards.
+
+    result = convert(Clotho(src), "development", out, sample_rate=32000, workers=4)
+
+The main process lists entries (metadata only), allocates keys, drops duplicate ids and writes shards
+in listing order; worker processes run :func:`convert_item` (decode, downmix, resample, cut into
+``max_seconds`` segments, encode FLAC), a bounded number of items ahead. Bad audio becomes a `skipped`
+entry, never a crash.
+
+Resume: each finished shard's journal line carries a cursor ``{"entries": n, "done": k, "index": i,
+"id": source_id}``: the first n entries are fully written and k samples of entry n already are. A rerun
+re-lists the entries without decoding the first n, checks that entry i is still `id` (else the source
+changed), drops the first k samples of entry n and goes on, so shards and manifest come out exactly as
+from an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from shards.audio import AudioError, audio_info, encode_flac, iter_segments, read_audio
+from shards.schema import KeyAllocator, Region, Sample, SchemaError, validate_sample
+from shards.sources.base import Item, Skip, Source
+from shards.writer import JOURNAL, TMP_SUFFIX, ShardWriter, describe_difference, read_manifest
+
+DEFAULT_SAMPLE_RATE = 32000
+DEFAULT_MAX_SECONDS = 60.0
+DEFAULT_SAMPLES_PER_SHARD = 1000
+DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
+MIN_TAIL_SECONDS = 1.0
+"""A last segment shorter than this (or than half of max_seconds) is dropped from a segmented file."""
+MIN_CUT_REGION_SECONDS = 0.1
+"""A region cut by a segment boundary is kept only if at least this much of it stays in the segment."""
+LOSSLESS = (".wav", ".flac")
+IN_FLIGHT_PER_WORKER = 2
+"""Items submitted ahead per worker process: keeps workers busy without queueing a whole listing."""
+
+
+class ConvertError(RuntimeError):
+    """The conversion cannot run as asked (wrong split, output folder from other options, source changed)."""
+
+
+class ItemError(Exception):
+    """One item cannot become a sample; the message is its `skipped` reason."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to turn one item into samples."""
+
+    item: Item
+    key: str
+    dataset: str
+    split: str
+    sample_rate: int
+    max_seconds: float
+    root: Path
+    """The source's --src; skip reasons name files relative to it, so manifests do not depend on it."""
+
+
+@dataclass
+class ConvertResult:
+    dataset: str
+    split: str
+    out_dir: Path
+    status: str
+    """'converted', 'resumed' (continued an interrupted run) or 'complete' (nothing left to do)."""
+    num_samples: int
+    num_shards: int
+    total_seconds: float
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    resumed_shards: int = 0
+
+    def skip_counts(self) -> Counter[str]:
+        """Skips per reason category (the text before the first ':')."""
+        return Counter(s["reason"].split(":", 1)[0] for s in self.skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-item work (runs in the workers)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def cut_regions(regions: Iterable[Region], start: float, end: float) -> list[Region]:
+    """Regions inside [start, end), shifted to the segment; cut ones under MIN_CUT_REGION_SECONDS go."""
+    out = []
+    for r in regions:
+        onset, offset = max(r.onset, start), min(r.offset, end)
+        if offset <= onset:
+            continue
+        if (onset > r.onset or offset < r.offset) and offset - onset < MIN_CUT_REGION_SECONDS:
+            continue
+        out.append(Region(r.text, round(onset - start, 6), round(offset - start, 6), dict(r.meta)))
+    return out
+
+
+def wav_declared_seconds(path: Path) -> float | None:
+    """Duration a WAV header declares (libsndfile clamps it to the bytes present, hiding truncation)."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                if len(fmt) < 12:
+                    return None
+                byte_rate = struct.unpack("<I", fmt[8:12])[0]
+            elif cid == b"data":
+                if not byte_rate or size in (0, 0xFFFFFFFF):
+                    return None
+                return size / byte_rate
+            else:
+                f.seek(size + (size & 1), 1)
+
+
+def decodable_seconds(path: Path) -> float:
+    """How much of a file decodes before the first error (for the reason of a failed item)."""
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception:
+        return 0.0
+    done = 0
+    with f:
+        block = max(1, f.samplerate // 10)
+        try:
+            while (n := len(f.read(block, dtype="float32", always_2d=True))) == block:
+                done += n
+            done += n
+        except Exception:
+            pass
+        return done / f.samplerate
+
+
+def windows(
+    path: Path, header_seconds: float, max_seconds: float, sample_rate: int
+) -> Iterator[tuple[float, np.ndarray, int]]:
+    """(start, mono audio at `sample_rate`, rate) of consecutive windows of at most `max_seconds`.
+
+    A file whose header says it fits in one window (the common case) is decoded and resampled in one
+    go, the cheapest way; longer ones stream one window at a time so hours never sit in memory.
+    """
+    if header_seconds <= max_seconds:
+        x, sr = read_audio(path, sample_rate)
+        if x.size <= round(max_seconds * sr):
+            yield 0.0, x, sr
+            return
+        del x  # the header understated the length: stream it after all
+    yield from iter_segments(path, max_seconds, sample_rate)
+
+
+def describe_candidates(paths: tuple[Path, ...]) -> str:
+    """'dir/x.flac', or 'dir/x.{flac,wav,mp3}' for several extensions of one stem."""
+    if len(paths) == 1 or len({p.with_suffix("") for p in paths}) > 1:
+        return ", ".join(str(p) for p in paths)
+    return f"{paths[0].with_suffix('')}.{{{','.join(p.suffix[1:] for p in paths)}}}"
+
+
+def convert_item(job: Job) -> list[tuple[Sample, bytes]]:
+    """Decode, downmix, resample, segment and encode one item; ItemError says why it cannot be used."""
+    item = job.item
+    path = next((p for p in item.audio if p.is_file()), None)
+    if path is None:
+        raise ItemError(f"missing audio: {describe_candidates(item.audio)}")
+    if path.stat().st_size == 0:
+        raise ItemError(f"empty audio: {path} is 0 bytes")
+    try:
+        header_seconds, _ = audio_info(path)
+    except AudioError as e:
+        kind = "empty audio" if "empty audio" in str(e) else "undecodable audio"
+        raise ItemError(f"{kind}: {e}") from None
+    segments: list[tuple[float, float, bytes]] = []  # (start, seconds, flac)
+    try:
+        for start, x, sr in windows(path, header_seconds, job.max_seconds, job.sample_rate):
+            segments.append((start, x.size / sr, encode_flac(x, sr)))
+    except AudioError as e:
+        good = decodable_seconds(path)
+        if good > 0:
+            raise ItemError(
+                f"truncated audio: {path} decodes {good:.2f}s of {header_seconds:.2f}s, then: {e}"
+            ) from None
+        raise ItemError(f"undecodable audio: {e}") from None
+    decoded = sum(s for _, s, _ in segments)
+    if decoded <= 0:
+        raise ItemError(f"empty audio: {path} has no samples")
+    lossless = path.suffix.lower() in LOSSLESS
+    expected = (wav_declared_seconds(path) if path.suffix.lower() == ".wav" else None) or header_seconds
+    tolerance = max(0.1, 0.02 * expected) if lossless else max(0.5, 0.1 * expected)
+    if expected - decoded > tolerance:
+        raise ItemError(
+            f"truncated audio: {path} decodes to {decoded:.2f}s but its header says {expected:.2f}s"
+        )
+    segmented = len(segments) > 1
+    if segmented and segments[-1][1] < min(MIN_TAIL_SECONDS, job.max_seconds / 2):
+        segments.pop()
+    out = []
+    for i, (start, seconds, flac) in enumerate(segments):
+        strong = cut_regions(item.strong, start, start + seconds)
+        if not item.captions and not strong:
+            continue  # a strong-only segment without any region teaches nothing
+        meta = dict(item.meta)
+        if segmented:
+            meta["segment"] = {"index": i, "start": round(start, 6)}
+        sample = Sample(
+            key=f"{job.key}-seg{i:03d}" if segmented else job.key,
+            dataset=job.dataset,
+            split=job.split,
+            source_id=item.source_id,
+            duration=seconds,
+            sample_rate=job.sample_rate,
+            captions=list(item.captions),
+            strong=strong,
+            meta=meta,
+        )
+        try:
+            validate_sample(sample)
+        except SchemaError as e:
+            raise ItemError(f"bad sample: {e}") from None
+        out.append((sample, flac))
+    if not out:
+        raise ItemError(f"bad region: no region starts before the end of the audio ({decoded:.2f}s)")
+    return out
+
+
+def run_job(job: Job) -> tuple[list[tuple[Sample, bytes]], str | None]:
+    """Worker entry point: (samples, None), or ([], skip reason). Never raises for bad input."""
+    try:
+        return convert_item(job), None
+    except ItemError as e:
+        reason = str(e)
+    except Exception as e:  # a decoder bug on one odd file must not stop a multi-day conversion
+        reason = f"error: {type(e).__name__}: {e}"
+    return [], reason.replace(f"{job.root}{os.sep}", "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ordered, bounded parallel map
+# ---------------------------------------------------------------------------------------------------------
+
+Task = tuple[int, Item | Skip, Job | None]
+Done = tuple[int, Item | Skip, Job | None, tuple[list[tuple[Sample, bytes]], str | None] | None]
+
+
+def ordered_results(tasks: Iterator[Task], workers: int) -> Iterator[Done]:
+    """Run the tasks' jobs with `workers` processes (in-process for 1), yielding results in task order.
+
+    At most IN_FLIGHT_PER_WORKER x workers tasks are in flight, so a listing of millions never sits in memory.
+    """
+    if workers <= 1:
+        for index, entry, job in tasks:
+            yield index, entry, job, run_job(job) if job else None
+        return
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    window: deque[tuple[Task, Future | None]] = deque()
+    try:
+        for task in tasks:
+            window.append((task, executor.submit(run_job, task[2]) if task[2] else None))
+            while len(window) >= IN_FLIGHT_PER_WORKER * workers:
+                yield _pop(window)
+        while window:
+            yield _pop(window)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _pop(window: deque[tuple[Task, Future | None]]) -> Done:
+    (index, entry, job), future = window.popleft()
+    try:
+        return index, entry, job, future.result() if future else None
+    except BrokenProcessPool:
+        raise ConvertError(
+            f"a worker process died while converting {entry.source_id!r} (out of memory?); rerun to resume"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The conversion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def conversion_settings(source: Source, max_seconds: float, limit: int | None) -> dict[str, Any]:
+    """The options (besides rate and shard size) a resumed or repeated run must share."""
+    return {"max_seconds": max_seconds, "limit": limit, "source": source.settings()}
+
+
+def convert(
+    source: Source,
+    split: str,
+    out: str | Path,
+    *,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    workers: int = 1,
+    limit: int | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> ConvertResult:
+    """Convert one split of `source` into OUT/DATASET/SPLIT; resumes an interrupted run of the same options.
+
+    `limit` stops after that many samples; `on_progress(entries, samples, seconds)` is called per entry.
+    Raises SourceError for a wrong layout, ConvertError for an output folder it must not touch.
+    """
+    t0 = time.monotonic()
+    if split not in source.splits:
+        raise ConvertError(
+            f"unknown split {split!r} for {source.name}; expected one of {', '.join(source.splits)}"
+        )
+    if sample_rate <= 0 or max_seconds <= 0 or samples_per_shard < 1 or max_shard_bytes < 1 or workers < 1:
+        raise ConvertError(
+            "sample_rate, max_seconds, samples_per_shard, max_shard_bytes and workers must be positive, got "
+            f"{sample_rate}, {max_seconds}, {samples_per_shard}, {max_shard_bytes}, {workers}"
+        )
+    if limit is not None and limit < 1:
+        raise ConvertError(f"limit must be >= 1, got {limit}")
+    dataset = source.name
+    out_dir = Path(out) / dataset / split
+    settings = conversion_settings(source, max_seconds, limit)
+    done = _finished(out_dir, sample_rate, samples_per_shard, max_shard_bytes, settings)
+    if done is not None:
+        done.wall_seconds = time.monotonic() - t0
+        return done
+
+    entries = iter(source.entries(split))
+    first = next(entries, None)  # a header problem surfaces now, before the output folder exists
+    listing = entries if first is None else _chain(first, entries)
+    keys: dict[str, str] = {}
+    with ShardWriter(
+        out_dir, dataset, split, sample_rate, samples_per_shard, max_shard_bytes, settings=settings
+    ) as writer:
+        cursor = writer.cursor or {"entries": 0, "done": 0, "index": -1, "id": None}
+
+        def make_job(item: Item, key: str) -> Job:
+            return Job(item, key, dataset, split, sample_rate, max_seconds, source.src)
+
+        tasks = _tasks(listing, cursor, keys, dataset, make_job)
+        seen = 0
+        for index, entry, job, result in ordered_results(tasks, workers):
+            seen = index + 1
+            if limit is not None and writer.num_samples >= limit:
+                break
+            if job is None:
+                writer.skip(entry.source_id, entry.reason)  # type: ignore[union-attr]
+            else:
+                samples, error = result  # type: ignore[misc]
+                _write_item(writer, index, entry, samples, error, cursor, limit)
+            if on_progress:
+                on_progress(seen, writer.num_samples, writer.total_seconds)
+        writer.extra_manifest.update(source.manifest_extra(split, keys))
+        manifest = writer.close()
+    return ConvertResult(
+        dataset=dataset,
+        split=split,
+        out_dir=out_dir,
+        status="resumed" if writer.resumed_shards else "converted",
+        num_samples=manifest["num_samples"],
+        num_shards=len(manifest["shards"]),
+        total_seconds=manifest["total_seconds"],
+        skipped=manifest["skipped"],
+        wall_seconds=time.monotonic() - t0,
+        resumed_shards=writer.resumed_shards,
+    )
+
+
+def _chain(first: Item | Skip, rest: Iterator[Item | Skip]) -> Iterator[Item | Skip]:
+    yield first
+    yield from rest
+
+
+def _finished(
+    out_dir: Path, sample_rate: int, samples_per_shard: int, max_shard_bytes: int, settings: dict[str, Any]
+) -> ConvertResult | None:
+    """A ConvertResult if OUT/DATASET/SPLIT already holds this conversion; ConvertError if another one."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        return None
+    expected = {
+        "sample_rate": sample_rate,
+        "settings": {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, **settings},
+    }
+    found = {"sample_rate": manifest.get("sample_rate"), "settings": manifest.get("settings")}
+    if found != json.loads(json.dumps(expected)):
+        raise ConvertError(
+            f"{out_dir} already holds a finished conversion with other options "
+            f"({describe_difference(found, expected)}); delete that folder to convert again"
+        )
+    for p in out_dir.iterdir():  # leftovers of a run killed right after writing its manifest
+        if p.name == JOURNAL or p.name.endswith(TMP_SUFFIX):
+            p.unlink()
+    return ConvertResult(
+        dataset=manifest["dataset"],
+        split=manifest["split"],
+        out_dir=out_dir,
+        status="complete",
+        num_samples=manifest["num_samples"],
+        num_shards=len(manifest["shards"]),
+        total_seconds=manifest["total_seconds"],
+        skipped=manifest["skipped"],
+    )
+
+
+def _tasks(
+    entries: Iterator[Item | Skip],
+    cursor: dict[str, Any],
+    keys: dict[str, str],
+    dataset: str,
+    make_job: Callable[[Item, str], Job],
+) -> Iterator[Task]:
+    """Number the entries, allocate keys, turn duplicates into skips and drop what resumed shards hold."""
+    allocate = KeyAllocator()
+    start, boundary, boundary_id = cursor["entries"], cursor["index"], cursor["id"]
+    index = -1
+    for index, entry in enumerate(entries):
+        if index == boundary and entry.source_id != boundary_id:
+            raise ConvertError(
+                f"the source changed since the interrupted run: entry #{index} is {entry.source_id!r}, was "
+                f"{boundary_id!r}; delete the output split folder to convert again"
+            )
+        if isinstance(entry, Item):
+            if entry.source_id in keys:
+                entry = Skip(entry.source_id, f"duplicate id: {entry.source_id!r} is listed more than once")
+            else:
+                keys[entry.source_id] = allocate(dataset, entry.source_id)
+        if index < start:
+            continue
+        if isinstance(entry, Skip):
+            yield index, entry, None
+        else:
+            yield index, entry, make_job(entry, keys[entry.source_id])
+    if index < boundary:
+        raise ConvertError(
+            f"the source changed since the interrupted run: it now lists {index + 1} entries, the "
+            f"interrupted run had written up to entry #{boundary} ({boundary_id!r}); delete the output "
+            f"split folder to convert again"
+        )
+
+
+def _write_item(
+    writer: ShardWriter,
+    index: int,
+    entry: Item | Skip,
+    samples: list[tuple[Sample, bytes]],
+    error: str | None,
+    cursor: dict[str, Any],
+    limit: int | None,
+) -> None:
+    if error is not None:
+        writer.skip(entry.source_id, error)
+        return
+    first = cursor["done"] if index == cursor["entries"] else 0  # samples a resumed shard already holds
+    todo = samples[first:]
+    clash = next((s.key for s, _ in todo if writer.has_key(s.key)), None)
+    if clash is not None:
+        writer.skip(entry.source_id, f"key collision: key {clash!r} is already taken by another id")
+        return
+    for j, (sample, flac) in enumerate(todo, first):
+        if limit is not None and writer.num_samples >= limit:
+            return
+        last = j == len(samples) - 1
+        position = {"entries": index + 1 if last else index, "done": 0 if last else j + 1}
+        writer.write(sample, flac, cursor={**position, "index": index, "id": entry.source_id})

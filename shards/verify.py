@@ -1,0 +1,212 @@
+"""Re-read a converted split and check it against its manifest and the shard format.
+
+Checks: every listed shard exists with the listed size and sha256; no stray files (temp files, a
+progress journal, unlisted shards); each shard holds ``KEY.flac`` + ``KEY.json`` pairs, adjacent, keys
+unique in the split; every JSON validates and matches the manifest's dataset/split/sample_rate; every
+FLAC decodes at that rate and lasts its ``duration``; per-shard and total counts and seconds add up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.audio import AudioError, decode_flac
+from shards.schema import Sample, SchemaError
+from shards.writer import JOURNAL, MANIFEST, TMP_SUFFIX, file_sha256
+
+MANIFEST_FIELDS = ("dataset", "split", "sample_rate", "num_samples", "total_seconds", "shards", "skipped")
+SHARD_FIELDS = ("name", "num_samples", "seconds", "bytes", "sha256")
+
+
+@dataclass
+class VerifyReport:
+    split_dir: Path
+    num_shards: int = 0
+    num_samples: int = 0
+    total_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _close(a: float, b: float, tol: float) -> bool:
+    return abs(a - b) <= tol
+
+
+def verify_split(
+    split_dir: str | Path, decode_audio: bool = True, on_shard: Callable[[str], None] | None = None
+) -> VerifyReport:
+    """Check OUT/DATASET/SPLIT; every problem found is listed in the report (none: it is sound)."""
+    split_dir = Path(split_dir)
+    report = VerifyReport(split_dir)
+    problems = report.problems
+    manifest_path = split_dir / MANIFEST
+    if not manifest_path.is_file():
+        hint = (
+            " (conversion unfinished: rerun tools.convert to resume)"
+            if (split_dir / JOURNAL).exists()
+            else ""
+        )
+        problems.append(f"{manifest_path}: missing{hint}")
+        return report
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{manifest_path}: not valid JSON: {e}")
+        return report
+    missing = [k for k in MANIFEST_FIELDS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        problems.append(f"{manifest_path}: missing field(s) {', '.join(missing)}")
+        return report
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and set(SHARD_FIELDS) <= set(s) for s in shards
+    ):
+        problems.append(f"{manifest_path}: 'shards' must be a list of {{{', '.join(SHARD_FIELDS)}}}")
+        return report
+    pattern = re.compile(rf"^{re.escape(manifest['dataset'])}-{re.escape(manifest['split'])}-\d{{6}}\.tar$")
+    listed = {s["name"] for s in shards}
+    for p in sorted(split_dir.iterdir()):
+        if p.name.endswith(TMP_SUFFIX) or p.name == JOURNAL:
+            problems.append(f"{p.name}: stray file left by an interrupted run")
+        elif p.name.endswith(".tar") and p.name not in listed:
+            problems.append(f"{p.name}: shard not listed in {MANIFEST}")
+    for i, s in enumerate(manifest["skipped"] if isinstance(manifest["skipped"], list) else [None]):
+        if (
+            not isinstance(s, dict)
+            or not isinstance(s.get("source_id"), str)
+            or not isinstance(s.get("reason"), str)
+        ):
+            problems.append(f"{MANIFEST}: skipped[{i}] must be {{source_id, reason}}, got {s!r}")
+            break
+    keys: set[str] = set()
+    for info in shards:
+        if not pattern.match(info["name"]):
+            problems.append(
+                f"{info['name']}: name does not follow {manifest['dataset']}-{manifest['split']}-NNNNNN.tar"
+            )
+        if on_shard:
+            on_shard(info["name"])
+        count, seconds = _verify_shard(split_dir / info["name"], info, manifest, keys, decode_audio, problems)
+        report.num_shards += 1
+        report.num_samples += count
+        report.total_seconds += seconds
+    if report.num_samples != manifest["num_samples"]:
+        problems.append(
+            f"{MANIFEST}: num_samples is {manifest['num_samples']}, the shards hold {report.num_samples}"
+        )
+    if not _close(report.total_seconds, manifest["total_seconds"], 1e-3 + 1e-6 * report.num_samples):
+        problems.append(
+            f"{MANIFEST}: total_seconds is {manifest['total_seconds']}, "
+            f"the shards hold {report.total_seconds:.6f}"
+        )
+    return report
+
+
+def _verify_shard(
+    path: Path,
+    info: dict[str, Any],
+    manifest: dict[str, Any],
+    keys: set[str],
+    decode_audio: bool,
+    problems: list[str],
+) -> tuple[int, float]:
+    """Check one shard; returns (samples, seconds) found in it."""
+    name = info["name"]
+    if not path.is_file():
+        problems.append(f"{name}: listed in {MANIFEST} but missing")
+        return 0, 0.0
+    size = path.stat().st_size
+    if size != info["bytes"]:
+        problems.append(f"{name}: {size} bytes, {MANIFEST} says {info['bytes']}")
+    if file_sha256(path) != info["sha256"]:
+        problems.append(f"{name}: sha256 differs from {MANIFEST} (corrupted or changed)")
+    count, seconds = 0, 0.0
+    try:
+        members = _pairs(path, name, problems)
+        for key, parts in members:
+            if key in keys:
+                problems.append(f"{name}: key {key!r} appears more than once in the split")
+            keys.add(key)
+            if set(parts) != {"flac", "json"}:
+                problems.append(f"{name}: sample {key!r} has members {sorted(parts)}, expected flac and json")
+                continue
+            duration = _check_sample(name, key, parts, manifest, decode_audio, problems)
+            count += 1
+            seconds += duration
+    except (tarfile.TarError, EOFError, OSError) as e:
+        problems.append(f"{name}: unreadable tar: {e}")
+    if count != info["num_samples"]:
+        problems.append(f"{name}: {count} samples, {MANIFEST} says {info['num_samples']}")
+    if not _close(seconds, info["seconds"], 1e-4 + 1e-6 * count):
+        problems.append(f"{name}: {seconds:.6f} s of audio, {MANIFEST} says {info['seconds']}")
+    return count, seconds
+
+
+def _pairs(path: Path, name: str, problems: list[str]) -> list[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) in tar order; a key's members must be adjacent, as WebDataset reads them."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if not m.isfile():
+                problems.append(f"{name}: member {m.name!r} is not a regular file")
+                continue
+            key, dot, ext = m.name.partition(".")
+            if not dot or "/" in m.name:
+                problems.append(f"{name}: member {m.name!r} is not KEY.ext")
+                continue
+            f = tar.extractfile(m)
+            payload = f.read() if f else b""
+            if out and out[-1][0] == key:
+                if ext in out[-1][1]:
+                    problems.append(f"{name}: member {m.name!r} appears twice")
+                out[-1][1][ext] = payload
+            else:
+                if any(k == key for k, _ in out):
+                    problems.append(f"{name}: members of {key!r} are not adjacent")
+                out.append((key, {ext: payload}))
+    return out
+
+
+def _check_sample(
+    name: str,
+    key: str,
+    parts: dict[str, bytes],
+    manifest: dict[str, Any],
+    decode_audio: bool,
+    problems: list[str],
+) -> float:
+    """Validate one sample's JSON and audio; returns its duration (0 if the JSON is unusable)."""
+    try:
+        sample = Sample.from_json(parts["json"])
+    except SchemaError as e:
+        problems.append(f"{name}: {key}.json: {e}")
+        return 0.0
+    if sample.key != key:
+        problems.append(f"{name}: {key}.json says key {sample.key!r}")
+    for k in ("dataset", "split", "sample_rate"):
+        if getattr(sample, k) != manifest[k]:
+            problems.append(
+                f"{name}: {key}.json has {k} {getattr(sample, k)!r}, {MANIFEST} says {manifest[k]!r}"
+            )
+    if decode_audio:
+        try:
+            audio, rate = decode_flac(parts["flac"], dtype="int16")
+        except AudioError as e:
+            problems.append(f"{name}: {key}.flac: {e}")
+            return sample.duration
+        if rate != sample.sample_rate:
+            problems.append(f"{name}: {key}.flac is {rate} Hz, its JSON says {sample.sample_rate}")
+        elif not _close(len(audio) / rate, sample.duration, 1.5 / rate + 1e-6):
+            problems.append(
+                f"{name}: {key}.flac lasts {len(audio) / rate:.6f} s, its JSON says {sample.duration}"
+            )
+    return sample.duration
