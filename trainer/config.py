@@ -317,6 +317,9 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -347,6 +350,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
+            spelled = [a for a in args if isinstance(a, str) and a.lower() in _BOOL_WORDS[value]]
+            value = spelled[0] if spelled else value
         if value not in args:
             raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
         return value

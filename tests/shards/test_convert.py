@@ -14,16 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import (
-    write_audio,
-    write_audiocaps,
-    write_audioset_strong,
-    write_audiosetcaps,
-    write_bad,
-    write_clotho,
-    write_tacos,
-    write_wavcaps,
-)
 
 from shards.audio import decode_flac, read_audio
 from shards.convert import ConvertError, Job, convert, convert_item, cut_regions, run_job
@@ -33,6 +23,16 @@ from shards.sources.tacos import Tacos
 from shards.sources.wavcaps import WavCaps
 from shards.verify import verify_split
 from shards.writer import JOURNAL, MANIFEST
+from tests.shards.fixtures import (
+    write_audio,
+    write_audiocaps,
+    write_audioset_strong,
+    write_audiosetcaps,
+    write_bad,
+    write_clotho,
+    write_tacos,
+    write_wavcaps,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {

@@ -5,7 +5,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from fixtures import (
+
+from shards.schema import Region
+from shards.sources import SOURCES, Item, Skip, SourceError, get_source
+from shards.sources.audiosetcaps import AudioSetCaps
+from shards.sources.tacos import Tacos
+from shards.sources.wavcaps import WavCaps
+from tests.shards.fixtures import (
     AUDIOSET_NAMES,
     write_audiocaps,
     write_audioset_strong,
@@ -15,12 +21,6 @@ from fixtures import (
     write_tacos,
     write_wavcaps,
 )
-
-from shards.schema import Region
-from shards.sources import SOURCES, Item, Skip, SourceError, get_source
-from shards.sources.audiosetcaps import AudioSetCaps
-from shards.sources.tacos import Tacos
-from shards.sources.wavcaps import WavCaps
 
 
 def listing(source, split):

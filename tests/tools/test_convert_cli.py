@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.shards.fixtures import write_clotho
 from tools.convert import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/ is not a package (and an installed dependency ships a top-level `tests`), so load the shared
 # raw-layout builders by path.
-FIXTURES = runpy.run_path(str(ROOT / "tests" / "shards" / "fixtures.py"))
 
 
 @pytest.fixture(scope="module")
 def clotho_src(tmp_path_factory):
     src = tmp_path_factory.mktemp("raw")
-    FIXTURES["write_clotho"](src)
+    write_clotho(src)
     return src
 
 

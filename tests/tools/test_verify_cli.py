@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import runpy
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,17 +13,17 @@ import pytest
 
 from shards.convert import convert
 from shards.sources import SOURCES
+from tests.shards.fixtures import write_clotho
 from tools.verify import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/ is not a package (and an installed dependency ships a top-level `tests`): load the builders by path.
-FIXTURES = runpy.run_path(str(ROOT / "tests" / "shards" / "fixtures.py"))
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     base = tmp_path_factory.mktemp("verify")
-    FIXTURES["write_clotho"](base / "raw")
+    write_clotho(base / "raw")
     result = convert(SOURCES["clotho"](base / "raw"), "development", base / "out", samples_per_shard=2)
     return result.out_dir
 

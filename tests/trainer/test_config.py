@@ -117,3 +117,7 @@ def test_every_field_is_documented():
         obj = getattr(c, name)
         if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == c.__name__:
             walk(obj)
+
+
+def test_yaml_boolean_words_map_to_literal_choices():
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"

@@ -67,7 +67,8 @@ class AudioTextModel(nn.Module):
         self.text_encoder = text_encoder
         self.audio_proj = nn.Linear(audio_encoder.hidden_size, config.embed_dim)
         self.text_proj = nn.Linear(text_encoder.hidden_size, config.embed_dim)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
+        # Shape [1], not a 0-dim scalar: DeepSpeed's parameter broadcast views params as bytes, which 0-dim cannot do.
+        self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(init_logit_scale)))
         self.model_config = config
         self.sample_rate = sample_rate
         self.init_logit_scale = init_logit_scale
@@ -90,7 +91,7 @@ class AudioTextModel(nn.Module):
         self.text_encoder.set_gradient_checkpointing(enabled)
 
     def logit_scale(self) -> Tensor:
-        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale).squeeze(0)
 
     def logit_scale_value(self) -> float:
         """The current logit scale multiplier as a number (for logs)."""

@@ -1,0 +1,128 @@
+"""Accelerator construction: DDP (NCCL on GPU, gloo on CPU) or DeepSpeed, from our config alone.
+
+Two traps are handled here rather than left to users:
+- On a machine without CUDA, `Accelerator()` under a multi-process launcher (`torchrun`, `accelerate launch
+  --multi_gpu`) silently runs N independent single-process jobs; we pass `cpu=True`, which makes Accelerate set
+  up one gloo process group, and we refuse to continue if the world size still does not match the launcher's.
+- DeepSpeed ignores `cpu=True`; on CPU it needs `cpu=False` and a gloo process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from trainer.config import Config, ConfigError
+
+
+class LaunchError(RuntimeError):
+    """The process layout is not what the launcher asked for."""
+
+
+def launcher_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def deepspeed_plugin(cfg: Config):
+    """DeepSpeedPlugin from train.deepspeed; our config is the single source of truth for shared values."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    path = Path(cfg.train.deepspeed)
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed: file not found: {path}")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"train.deepspeed: {path} is not valid JSON: {e}") from None
+    ours = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "gradient_clipping": cfg.train.grad_clip,
+    }
+    for key, value in ours.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and given != value:
+            raise ConfigError(
+                f'train.deepspeed: {path} sets {key}={given!r} but the config says {value!r}; use "auto" in the JSON'
+            )
+        ds[key] = value
+    if "train_batch_size" in ds and ds["train_batch_size"] != "auto":
+        raise ConfigError(
+            f'train.deepspeed: {path} sets train_batch_size; use "auto" (derived from data.batch_size)'
+        )
+    ds.pop("train_batch_size", None)
+    for key, enabled in (
+        ("bf16", cfg.train.mixed_precision == "bf16"),
+        ("fp16", cfg.train.mixed_precision == "fp16"),
+    ):
+        section = ds.get(key)
+        if isinstance(section, dict) and section.get("enabled", "auto") not in ("auto", enabled):
+            raise ConfigError(
+                f"train.deepspeed: {path} sets {key}.enabled={section['enabled']} but train.mixed_precision is "
+                f'{cfg.train.mixed_precision!r}; use "auto"'
+            )
+    # Our optimizer is torch AdamW (not DeepSpeed's fused/CPU Adam builds): ZeRO must accept it.
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    return DeepSpeedPlugin(hf_ds_config=ds)
+
+
+def build_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    has_cuda = torch.cuda.is_available()
+    if cfg.train.mixed_precision == "fp16" and not has_cuda:
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    handlers = []
+    if (
+        not has_cuda and launcher_world_size() > 1
+    ):  # Accelerate only creates a group under a multi-process launcher
+        handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
+    if cfg.train.deepspeed:
+        if not has_cuda:
+            _disable_deepspeed_shm_op()
+        accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            deepspeed_plugin=deepspeed_plugin(cfg),
+            kwargs_handlers=handlers,
+        )
+    else:
+        # Every parameter gets a gradient each step (the loss touches all outputs), so DDP needs no unused-parameter search.
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=False))
+        accelerator = Accelerator(
+            cpu=not has_cuda,
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            kwargs_handlers=handlers,
+        )
+    want = launcher_world_size()
+    if accelerator.num_processes != want:
+        raise LaunchError(
+            f"the launcher started {want} processes but Accelerate formed a group of {accelerator.num_processes}; "
+            "on CPU use `torchrun --nproc_per_node N -m trainer ...` or "
+            "`accelerate launch --multi_gpu --num_processes N -m trainer ...`"
+        )
+    return accelerator
+
+
+def _disable_deepspeed_shm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory allreduce op on first init (~1 min); gloo suffices."""
+    try:
+        import deepspeed.ops
+        from deepspeed.accelerator import get_accelerator
+
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is not None:
+            deepspeed.ops.__compatible_ops__[builder.NAME] = False
+    except (ImportError, AttributeError):
+        pass
+
+
+def destroy() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

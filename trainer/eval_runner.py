@@ -1,0 +1,44 @@
+"""Periodic evaluation inside training: every set of `eval.retrieval` and `eval.temporal`, keys prefixed by set name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.config import Config, EvalSetConfig
+
+
+def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
+    """Finite batches of one evaluation set for this rank: whole clips, each sample exactly once over all ranks."""
+    from shards.reader import iter_eval_batches
+
+    return iter_eval_batches(
+        s.urls,
+        sample_rate=cfg.data.sample_rate,
+        batch_size=cfg.eval.batch_size,
+        rank=rank,
+        world_size=world_size,
+        clip_seconds=None,
+        allow_pipe=cfg.data.allow_pipe,
+        min_region_overlap=cfg.data.min_region_overlap,
+        max_samples=s.max_samples,
+    )
+
+
+def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
+    """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
+    from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    results: dict[str, Any] = {}
+    for s in cfg.eval.retrieval:
+        report = evaluate_retrieval(
+            model,
+            eval_batches(s, cfg, rank, world),
+            relevance=load_relevance(s.urls),
+            device=accelerator.device,
+        )
+        results.update({f"{s.name}/{k}": v for k, v in report.items()})
+    for s in cfg.eval.temporal:
+        report = evaluate_temporal(model, eval_batches(s, cfg, rank, world), device=accelerator.device)
+        results.update({f"{s.name}/{k}": v for k, v in report.items()})
+    return results

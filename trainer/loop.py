@@ -1,0 +1,386 @@
+"""The step loop: draw a (weak or strong) batch, forward, weighted loss, accumulate, clip, step, log, eval, save."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.config import Config, dump_yaml, to_dict
+from trainer.distributed import build_accelerator, destroy
+from trainer.losses import (
+    clip_contrastive_loss,
+    region_contrastive_loss,
+    temporal_order_loss,
+    temporal_order_texts,
+)
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.tracking import MetricsLogger
+
+EXIT_PREEMPTED = 75
+"""Exit status after a SIGTERM/SIGUSR1-triggered checkpoint: the run is not finished, resume it."""
+
+
+@dataclass
+class StepLoss:
+    """Loss of one micro-batch and its parts (parts are detached floats for logging)."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; checked (and agreed on by all ranks) between optimizer steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLoss:
+    """One forward through the (wrapped) model and the loss of the batch's kind.
+
+    Outputs a batch kind does not use still enter the loss with weight 0, so every parameter receives a gradient
+    each step: DDP then needs no unused-parameter search, and ZeRO's reduction buckets are the same every step.
+    """
+    strong = batch["kind"] == "strong"
+    texts = list(batch["region_text"] if strong else batch["captions"])
+    n_main = len(texts)
+    order_pairs: list[tuple[int, int, int]] = []
+    if not strong and cfg.loss.temporal_weight > 0:
+        for i, caption in enumerate(batch["captions"]):
+            pair = temporal_order_texts(caption)
+            if pair is not None:
+                order_pairs.append((i, len(texts), len(texts) + 1))
+                texts.extend(pair)
+    tokens = {k: v.to(batch["audio"].device) for k, v in tokenize(texts).items()}
+    out = model(batch["audio"], batch["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
+    parts: dict[str, float] = {}
+    text = out.text[:n_main]
+    if strong:
+        loss = cfg.loss.strong_weight * region_contrastive_loss(
+            out.audio_frames,
+            out.frame_mask,
+            out.frame_rate,
+            text,
+            batch["region_clip"],
+            batch["onsets"],
+            batch["offsets"],
+            cfg.loss.strong_tau,
+            text_ids=batch.get("region_text_ids"),
+        )
+        parts["loss_strong"] = loss.item() / max(cfg.loss.strong_weight, 1e-12)
+        unused = out.audio_clip.sum() + out.logit_scale
+    else:
+        loss = cfg.loss.weak_weight * clip_contrastive_loss(
+            out.audio_clip, text, out.logit_scale, clip_ids=batch.get("clip_ids")
+        )
+        parts["loss_weak"] = loss.item() / max(cfg.loss.weak_weight, 1e-12)
+        unused = out.audio_frames.sum()
+        if order_pairs:
+            idx = torch.tensor(order_pairs, device=out.text.device)
+            temporal = temporal_order_loss(out.text[idx[:, 0]], out.text[idx[:, 1]], out.text[idx[:, 2]])
+            loss = loss + cfg.loss.temporal_weight * temporal
+            parts["loss_temporal"] = temporal.item()
+    return StepLoss(loss + 0.0 * unused, parts)
+
+
+def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
+    """Captions and region texts of the training sources, to train the offline tokenizer of a random-init text tower."""
+    from shards.reader import iter_sample_json
+
+    texts: list[str] = []
+    for src in [*cfg.data.weak, *cfg.data.strong]:
+        for meta in iter_sample_json(src.urls, limit=limit, allow_pipe=cfg.data.allow_pipe):
+            texts.extend(meta.get("captions") or [])
+            texts.extend(r["text"] for r in meta.get("strong") or [])
+    return texts
+
+
+class Trainer:
+    """Owns the accelerator, model, optimizer, data stream and outputs of one run."""
+
+    def __init__(self, cfg: Config):
+        from shards.mixing import MixedStream
+        from trainer.model import AudioTextModel, build_model
+
+        self.cfg = cfg
+        self.accelerator = acc = build_accelerator(cfg)
+        self.out_dir = cfg.output_dir
+        self.ckpt_root = self.out_dir / "checkpoints"
+        if acc.is_main_process:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "eval").mkdir(exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+        acc.wait_for_everyone()
+
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.run.seed)
+        self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.ckpt_root)
+        if self.resume_from is not None:
+            # The tokenizer of a random-init text tower was trained at the start of the run: take the saved one.
+            model = AudioTextModel.from_pretrained(self.resume_from / "model")
+        else:
+            texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
+            model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)
+        model.set_gradient_checkpointing(cfg.train.grad_checkpointing)
+        self.tokenize = model.tokenize
+        optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # The scheduler steps once per optimizer step (not once per process, as a prepared one would); saved with the state.
+        acc.register_for_checkpointing(self.scheduler)
+
+        self.stream = MixedStream(
+            cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=cfg.run.seed
+        )
+        self.step = 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        self.logger = (
+            MetricsLogger(self.out_dir, cfg.wandb, cfg.run.name, to_dict(cfg), self.step)
+            if acc.is_main_process
+            else None
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        self.accelerator.load_state(str(path / "accelerate"))
+        self.step = int(state["step"])
+        data_state = ckpt.load_data_state(path, self.accelerator.process_index)
+        same_layout = (
+            state.get("world_size") == self.accelerator.num_processes
+            and state.get("num_workers") == self.cfg.data.num_workers
+        )
+        if data_state is not None and same_layout:
+            self.stream.load_state_dict(data_state)
+        else:
+            self.accelerator.print(
+                f"resume: data stream restarts fresh (checkpoint world size {state.get('world_size')}, "
+                f"workers {state.get('num_workers')}; now {self.accelerator.num_processes}, {self.cfg.data.num_workers})"
+            )
+        self._sync_schedule()
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def _sync_schedule(self) -> None:
+        """The lr of the resumed step from this run's config (optim.lr, max_steps may differ from the saved run's)."""
+        s = self.scheduler
+        s.base_lrs = [self.cfg.optim.lr] * len(s.base_lrs)
+        lrs = [base * f(s.last_epoch) for base, f in zip(s.base_lrs, s.lr_lambdas)]
+        for group, lr in zip(s.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        s._last_lr = lrs
+
+    def save(self) -> Path:
+        sources = sorted(self.stream.data_seen)
+        totals = self._world_sum([float(self.stream.data_seen[s]) for s in sources])
+        trainer_state = {
+            "samples_seen": int(sum(totals)),  # over all ranks
+            "world_size": self.accelerator.num_processes,
+            "num_workers": self.cfg.data.num_workers,
+            "data_seen": {s: int(v) for s, v in zip(sources, totals)},
+            "time": time.time(),
+        }
+        return ckpt.save_checkpoint(
+            self.accelerator,
+            self.ckpt_root,
+            self.step,
+            self.model,
+            trainer_state,
+            self.stream.state_dict(),
+            dump_yaml(self.cfg),
+            self.cfg.train.keep_last,
+        )
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        from trainer.eval_runner import evaluate_sets
+
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            results = evaluate_sets(model, self.cfg, self.accelerator)
+        finally:
+            model.train(was_training)
+        if self.accelerator.is_main_process and results:
+            path = self.out_dir / "eval" / f"step_{self.step}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"step": self.step, **results}, indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+            self.logger.log_eval(self.step, results)
+        return results
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def _grad_norm(self) -> float:
+        engine = getattr(self.model, "get_global_grad_norm", None)
+        if engine is not None:  # DeepSpeed computes (and clips by) the norm inside its step
+            norm = engine()
+            return float(norm) if norm is not None else math.nan
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.train.grad_clip > 0:
+            return float(self.accelerator.clip_grad_norm_(params, self.cfg.train.grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+
+    def _world_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return (
+            self.accelerator.reduce(t, reduction="sum").tolist()
+            if self.accelerator.num_processes > 1
+            else values
+        )
+
+    def _any_rank(self, flag: bool) -> bool:
+        return self._world_sum([float(flag)])[0] > 0
+
+    def train(self) -> int:
+        cfg, acc = self.cfg, self.accelerator
+        stop = StopFlag()
+        stop.install()
+        batches = iter(self.stream)
+        window: dict[str, list[float]] = {}
+        window_samples = window_seconds = 0.0
+        window_start = time.perf_counter()
+        last_kind = "weak"
+        progress = None
+        if acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        preempted = False
+        self.model.train()
+        try:
+            while self.step < cfg.train.max_steps:
+                grad_norm = math.nan
+                for _ in range(cfg.train.grad_accum):
+                    batch = move_batch(next(batches), acc.device)
+                    last_kind = batch["kind"]
+                    with acc.accumulate(self.model), acc.autocast():
+                        result = compute_loss(self.model, self.tokenize, batch, cfg)
+                        acc.backward(result.total)
+                        if acc.sync_gradients:
+                            grad_norm = self._grad_norm()
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for k, v in result.parts.items():
+                        window.setdefault(k, []).append(v)
+                    window.setdefault("loss", []).append(result.total.item())
+                    n = batch["audio"].shape[0]
+                    window_samples += n
+                    window_seconds += float(batch["audio_mask"].sum()) / cfg.data.sample_rate
+                lr = self.scheduler.get_last_lr()[0]  # the lr this step used
+                self.scheduler.step()
+                self.step += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{result.total.item():.3f}", kind=last_kind)
+
+                if cfg.train.log_every and self.step % cfg.train.log_every == 0:
+                    self._log(window, window_samples, window_seconds, window_start, grad_norm, last_kind, lr)
+                    window, window_samples, window_seconds = {}, 0.0, 0.0
+                    window_start = time.perf_counter()
+                if (
+                    cfg.train.eval_every
+                    and self.step % cfg.train.eval_every == 0
+                    and self.step < cfg.train.max_steps
+                ):
+                    self.evaluate()
+                if (
+                    cfg.train.save_every
+                    and self.step % cfg.train.save_every == 0
+                    and self.step < cfg.train.max_steps
+                ):
+                    self.save()
+                if self._any_rank(stop.signal is not None):
+                    acc.print(f"signal received: checkpointing at step {self.step} and exiting for requeue")
+                    self.save()
+                    preempted = True
+                    break
+            if not preempted:
+                if self.resume_from is None or self.step > int(ckpt.read_state(self.resume_from)["step"]):
+                    self.save()
+                if cfg.train.eval_every:
+                    self.evaluate()
+        finally:
+            stop.restore()
+            if progress is not None:
+                progress.close()
+            if self.logger is not None:
+                self.logger.close()
+            close = getattr(batches, "close", None)  # stops DataLoader workers now, not at garbage collection
+            if close is not None:
+                close()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            print(f"{'stopped' if preempted else 'finished'} at step {self.step}; outputs in {self.out_dir}")
+        return EXIT_PREEMPTED if preempted else 0
+
+    def _log(self, window, n_samples, n_seconds, start, grad_norm, kind, lr) -> None:
+        acc = self.accelerator
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        sources = sorted(self.stream.data_seen)
+        totals = self._world_sum([n_samples, n_seconds] + [float(self.stream.data_seen[s]) for s in sources])
+        model = acc.unwrap_model(self.model)
+        record: dict[str, Any] = {
+            "step": self.step,
+            "loss": _mean(window.get("loss")),
+            "loss_weak": _mean(window.get("loss_weak")),
+            "loss_strong": _mean(window.get("loss_strong")),
+            "lr": lr,
+            "logit_scale": float(model.logit_scale_value()),
+            "samples_per_s": totals[0] / elapsed,
+            "audio_seconds_per_s": totals[1] / elapsed,
+            "grad_norm": grad_norm,
+            "batch_kind": kind,
+            "data_seen": {s: int(v) for s, v in zip(sources, totals[2:])},
+        }
+        if "loss_temporal" in window:
+            record["loss_temporal"] = _mean(window["loss_temporal"])
+        if torch.cuda.is_available():
+            record["max_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if self.logger is not None:
+            self.logger.log(record)
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def train(cfg: Config) -> int:
+    """Run one training job to max_steps (or until a stop signal); returns the process exit status."""
+    try:
+        trainer = Trainer(cfg)
+        return trainer.train()
+    finally:
+        with contextlib.suppress(Exception):
+            destroy()
