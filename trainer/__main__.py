@@ -25,9 +25,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from shards.shardlist import ShardError
+    from trainer.checkpoint import CheckpointError
+    from trainer.distributed import LaunchError
     from trainer.loop import train
 
-    return train(cfg)
+    try:
+        return train(cfg)
+    except (ConfigError, CheckpointError, LaunchError, ShardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The training program end to end, as users launch it: python -m trainer, torchrun, accelerate launch, DeepSpeed.
+
+Every run is a real subprocess on real shards (tools.synthetic layouts through the real converters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, train_overrides
+
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def run_trainer(overrides: list[str], nproc: int = 1, launcher: str = "python", timeout: int = 600):
+    if launcher == "python":
+        cmd = [sys.executable, "-m", "trainer", DEBUG]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "trainer", DEBUG]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
+        cmd += ["--num_machines", "1", "--main_process_port", "29517", "-m", "trainer", DEBUG]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd + overrides, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def check(proc, code: int = 0) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(run)}
+
+
+def assert_same_losses(a: dict[int, float], b: dict[int, float], tol: float = 1e-5) -> None:
+    assert sorted(a) == sorted(b)
+    for step in a:
+        assert abs(a[step] - b[step]) <= tol * max(1.0, abs(a[step])), (step, a[step], b[step])
+
+
+def straight_vs_resumed(tiny_shards, tmp_path, steps: int, **kw) -> tuple[Path, Path]:
+    """`steps` in one run vs steps/2 + resume + steps/2; returns both run dirs."""
+    nproc = kw.pop("nproc", 1)
+    launcher = kw.pop("launcher", "python")
+    half = steps // 2
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = {"train.save_every": half, **kw}
+    check(run_trainer(train_overrides(tiny_shards, straight, **{"train.max_steps": steps, **extra}), nproc, launcher))
+    check(run_trainer(train_overrides(tiny_shards, resumed, **{"train.max_steps": half, **extra}), nproc, launcher))
+    second = run_trainer(train_overrides(tiny_shards, resumed, **{"train.max_steps": steps, **extra}), nproc, launcher)
+    check(second)
+    assert f"at step {half}" in second.stdout + second.stderr
+    return straight, resumed
+
+
+def test_exact_resume_single_process(tiny_shards, tmp_path):
+    straight, resumed = straight_vs_resumed(tiny_shards, tmp_path, 6, **{"train.keep_last": 2})
+    assert_same_losses(losses(straight), losses(resumed))
+    kinds = [m["batch_kind"] for m in metrics(resumed)]
+    assert kinds == ["weak", "strong"] * 3  # strong_every=2
+    ckpts = resumed / "checkpoints"
+    assert (ckpts / "latest").resolve().name == "step_6"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_3", "step_6"]
+    state = json.loads((ckpts / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["data_seen"] == {"clotho": 12, "tacos": 12}
+    assert (ckpts / "latest" / "model" / "config.json").is_file()
+    assert (resumed / "config.yaml").is_file()
+    last = metrics(resumed)[-1]
+    for key in ("loss", "lr", "logit_scale", "samples_per_s", "audio_seconds_per_s", "grad_norm", "data_seen"):
+        assert last[key] is not None, key
+
+
+def test_exact_resume_two_processes_with_workers(tiny_shards, tmp_path):
+    straight, resumed = straight_vs_resumed(
+        tiny_shards, tmp_path, 6, nproc=2, launcher="torchrun", **{"data.num_workers": 1}
+    )
+    assert_same_losses(losses(straight), losses(resumed))
+    state = json.loads((resumed / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and sum(state["data_seen"].values()) == 6 * 4 * 2
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes_and_resume(tiny_shards, tmp_path, stage):
+    ds = f"configs/deepspeed/zero{stage}.json"
+    straight, resumed = straight_vs_resumed(tiny_shards, tmp_path, 4, nproc=2, launcher="torchrun", **{"train.deepspeed": ds})
+    assert_same_losses(losses(straight), losses(resumed))
+    # ZeRO gives the same losses as plain DDP on the same data and init.
+    ddp = tmp_path / "ddp"
+    check(run_trainer(train_overrides(tiny_shards, ddp, **{"train.max_steps": 4}), 2, "torchrun"))
+    assert_same_losses(losses(straight), losses(ddp), tol=1e-4)
+    ckpt = resumed / "checkpoints" / "latest"
+    assert (ckpt / "accelerate" / "pytorch_model").is_dir()  # a real DeepSpeed checkpoint
+    from trainer.model import AudioTextModel
+
+    AudioTextModel.from_pretrained(ckpt / "model")  # consolidated weights load for evaluation
+
+
+def test_accelerate_launch_on_cpu_forms_one_gloo_group(tiny_shards, tmp_path):
+    run = tmp_path / "acc"
+    check(run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": 2}), 2, "accelerate"))
+    state = json.loads((run / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and sum(state["data_seen"].values()) == 2 * 4 * 2
+
+
+def _start(overrides: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer", DEBUG, *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_steps(run: Path, proc: subprocess.Popen, n: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+        f = run / "metrics.jsonl"
+        if f.is_file() and len(f.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"no {n} logged steps within {timeout}s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_then_exits_for_requeue(tiny_shards, tmp_path, sig):
+    run = tmp_path / "sig"
+    overrides = train_overrides(tiny_shards, run, **{"train.max_steps": 500, "train.save_every": 0})
+    proc = _start(overrides)
+    _wait_for_steps(run, proc, 3)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-3000:]
+    stopped = json.loads((run / "checkpoints" / "latest" / "trainer_state.json").read_text())["step"]
+    assert 3 <= stopped < 500
+    final = stopped + 2
+    check(run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": final, "train.save_every": 0})))
+    assert [m["step"] for m in metrics(run)] == list(range(1, final + 1))
+
+
+def test_sigkill_resumes_from_last_complete_checkpoint(tiny_shards, tmp_path):
+    run = tmp_path / "kill"
+    overrides = train_overrides(tiny_shards, run, **{"train.max_steps": 40, "train.save_every": 2})
+    proc = _start(overrides)
+    _wait_for_steps(run, proc, 7)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    latest = (run / "checkpoints" / "latest").resolve()
+    saved = json.loads((latest / "trainer_state.json").read_text())["step"]
+    assert saved >= 6 and saved % 2 == 0
+    resumed = run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": saved + 4, "train.save_every": 2}))
+    check(resumed)
+    assert f"at step {saved}" in resumed.stdout + resumed.stderr
+    # metrics.jsonl was cut back to the checkpoint: every step exactly once
+    assert [m["step"] for m in metrics(run)] == list(range(1, saved + 5))
+
+
+def test_periodic_evaluation_writes_reports(tiny_shards, tmp_path):
+    run = tmp_path / "eval"
+    check(run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": 4, "train.eval_every": 2})))
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_2.json", "step_4.json"]
+    report = json.loads((run / "eval" / "step_4.json").read_text())
+    assert report["step"] == 4
+    for key in ("clotho-evaluation/t2a/R@1", "clotho-evaluation/t2a/mAP@10", "tacos-test/frame_auroc"):
+        assert 0.0 <= report[key] <= 1.0, key
+
+
+def test_user_errors_are_one_clear_line(tiny_shards, tmp_path):
+    proc = run_trainer(train_overrides(tiny_shards, tmp_path / "x", **{"optim.lr": "fast"}))
+    assert proc.returncode == 2 and "optim.lr" in proc.stderr
+    proc = run_trainer(train_overrides(tiny_shards, tmp_path / "y", **{"train.mixed_precision": "fp16"}))
+    assert proc.returncode != 0 and "fp16 needs a CUDA GPU" in proc.stderr
+    proc = run_trainer(train_overrides(tiny_shards, tmp_path / "z", **{"train.resume": str(tmp_path / "nope")}))
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
