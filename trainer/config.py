@@ -110,6 +110,8 @@ class TextModelConfig:
     """Attention heads (random-init only)."""
     vocab_size: int = 2000
     """Vocabulary size of the tokenizer trained offline (random-init only)."""
+    pooling: Literal["cls", "mean", "pooler"] | None = None
+    """Caption vector: null = the backend's own (mean for tiny, pooler for clap, sentence-transformers' setting, else cls)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra keys set on the transformers config (checked: must be existing attributes)."""
 
@@ -180,6 +182,10 @@ class TrainConfig:
     """Keep this many most recent checkpoints (0 keeps all)."""
     resume: str | None = "auto"
     """null: start fresh; auto: resume from output_dir/checkpoints/latest if present; or a checkpoint path."""
+    init_from: str | None = None
+    """Start a new run from these weights: a checkpoint (RUN/checkpoints/step_N, its model/) or a saved model folder;
+    optimizer, schedule, step and data start fresh and the model section of this config is not used. Ignored when
+    resuming (e.g. TACOS fine-tuning from a weak pre-training run)."""
     deepspeed: str | None = None
     """null: DDP through Accelerate; or a DeepSpeed JSON (configs/deepspeed/zeroN.json) with `auto` values."""
 

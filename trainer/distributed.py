@@ -77,10 +77,10 @@ def build_accelerator(cfg: Config):
     has_cuda = torch.cuda.is_available()
     if cfg.train.mixed_precision == "fp16" and not has_cuda:
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    if cfg.train.deepspeed and "LOCAL_RANK" not in os.environ:
+        _single_process_env()  # DeepSpeed always needs a process group, even for `python -m trainer`
     handlers = []
-    if (
-        not has_cuda and launcher_world_size() > 1
-    ):  # Accelerate only creates a group under a multi-process launcher
+    if not has_cuda and "LOCAL_RANK" in os.environ:  # Accelerate only creates a group under a launcher
         handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
     if cfg.train.deepspeed:
         if not has_cuda:
@@ -108,6 +108,19 @@ def build_accelerator(cfg: Config):
             "`accelerate launch --multi_gpu --num_processes N -m trainer ...`"
         )
     return accelerator
+
+
+def _single_process_env() -> None:
+    """The environment torchrun would give a world of one process, with a free local port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    defaults.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
 
 
 def _disable_deepspeed_shm_op() -> None:

@@ -72,12 +72,13 @@ def ranked_hits(similarity: np.ndarray, relevant: np.ndarray) -> np.ndarray:
 
 
 def retrieval_metrics(similarity: Any, relevant: Any) -> dict[str, float]:
-    """R@1/5/10, mAP@10 and medR of ranking items by similarity; queries without any relevant item are excluded.
+    """R@1/5/10, mAP@10, mAP@16 and medR of ranking items by similarity; queries without any relevant item are excluded.
 
     - R@k: fraction of queries with at least one relevant item among the top k.
     - mAP@10 (DCASE 2025 task 6): with relevant items at 0-based ranks r_1 < r_2 < ... < r_R,
       AP = sum over r_i < 10 of i / (r_i + 1), divided by R (all relevant items, not min(R, 10)). With a single
       relevant item this is 1 / (rank + 1) inside the top 10, else 0.
+    - mAP@16: the same cut at 16, the ranking metric of DCASE 2025 task 6 (with its multi-relevance judgements).
     - medR: median 1-based rank of the first relevant item, floor(median(0-based)) + 1 as in the CLAP papers.
     Ties are broken by index: among equal similarities the item with the lower index ranks first.
     """
@@ -88,10 +89,11 @@ def retrieval_metrics(similarity: Any, relevant: Any) -> dict[str, float]:
     hits = ranked_hits(sim[keep], rel[keep])
     first = hits.argmax(axis=1)
     out = {f"R@{k}": float(np.mean(first < k)) for k in RECALL_KS}
-    top = hits[:, :MAP_K]
-    precision_at_hit = np.cumsum(top, axis=1) / np.arange(1, top.shape[1] + 1)
-    ap = (precision_at_hit * top).sum(axis=1) / hits.sum(axis=1)
-    out["mAP@10"] = float(ap.mean())
+    for k in (MAP_K, 16):
+        top = hits[:, :k]
+        precision_at_hit = np.cumsum(top, axis=1) / np.arange(1, top.shape[1] + 1)
+        ap = (precision_at_hit * top).sum(axis=1) / hits.sum(axis=1)
+        out[f"mAP@{k}"] = float(ap.mean())
     out["medR"] = float(np.floor(np.median(first)) + 1)
     return out
 

@@ -93,6 +93,7 @@ def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLos
             batch["offsets"],
             cfg.loss.strong_tau,
             text_ids=batch.get("region_text_ids"),
+            clip_ids=batch.get("clip_ids"),
         )
         parts["loss_strong"] = loss.item() / max(cfg.loss.strong_weight, 1e-12)
         unused = out.audio_clip.sum() + out.logit_scale
@@ -122,6 +123,16 @@ def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
     return texts
 
 
+def model_dir(path: str | Path) -> Path:
+    """A checkpoint dir (its model/ subfolder) or a model folder saved by AudioTextModel.save_pretrained."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    if (path / "config.json").is_file():
+        return path
+    raise ckpt.CheckpointError(f"train.init_from: {path} holds no saved model (no model/config.json or config.json)")
+
+
 class Trainer:
     """Owns the accelerator, model, optimizer, data stream and outputs of one run."""
 
@@ -146,6 +157,8 @@ class Trainer:
         if self.resume_from is not None:
             # The tokenizer of a random-init text tower was trained at the start of the run: take the saved one.
             model = AudioTextModel.from_pretrained(self.resume_from / "model")
+        elif cfg.train.init_from:
+            model = AudioTextModel.from_pretrained(model_dir(cfg.train.init_from))
         else:
             texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)

@@ -192,6 +192,7 @@ def region_contrastive_loss(
     offsets: Tensor,
     strong_tau: float,
     text_ids: Tensor | None = None,
+    clip_ids: Tensor | None = None,
 ) -> Tensor:
     """TACOS ``contrastive_region_loss``, vectorised over regions and global over ranks.
 
@@ -201,7 +202,9 @@ def region_contrastive_loss(
     region captions of every other clip in the global batch (unique within each clip, by `text_ids`, or by
     exact embedding equality when it is None); log-softmax over these texts per frame with temperature
     `strong_tau`; the region's loss is minus its own caption's mean log-prob over its frames. The result is the
-    mean over all regions of all ranks; regions with no real-audio frame are left out.
+    mean over all regions of all ranks; regions with no real-audio frame are left out. `clip_ids` [B] (int64,
+    global identities, e.g. hashes of the sample keys) make the same audio appearing twice in the global batch one
+    clip: its captions are then never negatives of itself.
     """
     _check_region_inputs(frames, frame_mask, region_text, region_clip, onsets, offsets, text_ids)
     rank, world = _world()
@@ -220,8 +223,14 @@ def region_contrastive_loss(
     region_start, clip_start = sum(region_sizes[:rank]), sum(clip_sizes[:rank])
 
     region_clip = region_clip.to(device)
+    if clip_ids is None:
+        own_clip = torch.arange(num_clips, device=device) + clip_start  # position in the global batch
+    else:
+        if clip_ids.shape != (num_clips,):
+            raise ValueError(f"clip_ids: expected shape [{num_clips}], got {list(clip_ids.shape)}")
+        own_clip = clip_ids.to(device=device, dtype=torch.long)
     texts = gather_with_grad(region_text, region_sizes)  # [G, D]
-    text_clip = _gather_all(region_clip + clip_start, region_sizes)  # [G] global clip index
+    text_clip = _gather_all(own_clip[region_clip], region_sizes)  # [G] clip identity of each caption
     if text_ids is None:
         _, text_key = torch.unique(texts.detach(), dim=0, return_inverse=True)
     else:
@@ -231,7 +240,6 @@ def region_contrastive_loss(
     with _full_precision(device):
         # Frame-text similarities of every local clip with every caption in the global batch.
         scores = torch.einsum("bfd,gd->bfg", _at_least_float32(frames), _at_least_float32(texts)) / strong_tau
-        own_clip = torch.arange(num_clips, device=device) + clip_start
         negative = unique_in_clip[None, :] & (text_clip[None, :] != own_clip[:, None])  # [B, G]
         lowest = torch.finfo(
             scores.dtype

@@ -65,7 +65,7 @@ def test_single_relevant_item_per_query():
     assert m["R@5"] == m["R@10"] == 1.0
     assert m["mAP@10"] == pytest.approx((1 + 1 / 3 + 1 / 4) / 3)
     assert m["medR"] == 3.0  # 0-based first ranks 0, 2, 3 -> median 2 -> rank 3
-    assert set(m) == {"R@1", "R@5", "R@10", "mAP@10", "medR"}
+    assert set(m) == {"R@1", "R@5", "R@10", "mAP@10", "mAP@16", "medR"}
 
 
 def test_single_relevant_outside_top_10_scores_zero():
@@ -73,7 +73,7 @@ def test_single_relevant_outside_top_10_scores_zero():
     rel = np.zeros((1, 12), dtype=bool)
     rel[0, 10] = True
     m = retrieval_metrics(sim, rel)
-    assert m == {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0, "mAP@10": 0.0, "medR": 11.0}
+    assert m == {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0, "mAP@10": 0.0, "mAP@16": 1 / 11, "medR": 11.0}
 
 
 def test_multi_relevance_divides_by_all_relevant_items():
@@ -81,6 +81,7 @@ def test_multi_relevance_divides_by_all_relevant_items():
     rel = np.zeros((1, 15), dtype=bool)
     rel[0, [1, 4, 12]] = True  # ranks 1 and 4 count (1/2 + 2/5), rank 12 is outside the top 10; R = 3
     assert retrieval_metrics(sim, rel)["mAP@10"] == pytest.approx((1 / 2 + 2 / 5) / 3)
+    assert retrieval_metrics(sim, rel)["mAP@16"] == pytest.approx((1 / 2 + 2 / 5 + 3 / 13) / 3)
     rel = np.zeros((1, 15), dtype=bool)
     rel[0, :12] = True  # ranks 0..9 each add i/i = 1; divided by R = 12, not min(R, 10) = 10
     assert retrieval_metrics(sim, rel)["mAP@10"] == pytest.approx(10 / 12)
@@ -413,11 +414,13 @@ EXPECTED_RETRIEVAL = {
     "t2a/R@5": 1.0,
     "t2a/R@10": 1.0,
     "t2a/mAP@10": 1.0,
+    "t2a/mAP@16": 1.0,
     "t2a/medR": 1.0,
     "a2t/R@1": 6 / 7,
     "a2t/R@5": 1.0,
     "a2t/R@10": 1.0,
     "a2t/mAP@10": (6 + CLIP6_AP) / 7,
+    "a2t/mAP@16": (6 + CLIP6_AP) / 7,  # every caption is within the top 16 of 14
     "a2t/medR": 1.0,
     # "tone 1" -> clip 6 at rank 1 (AP 1/2); "tone 2" -> clip 2 at rank 0 (AP 1); one query and one file unknown
     "t2a_multi/num_queries": 2,
@@ -427,6 +430,7 @@ EXPECTED_RETRIEVAL = {
     "t2a_multi/R@5": 1.0,
     "t2a_multi/R@10": 1.0,
     "t2a_multi/mAP@10": 0.75,
+    "t2a_multi/mAP@16": 0.75,
     "t2a_multi/medR": 1.0,
 }
 

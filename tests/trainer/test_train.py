@@ -24,9 +24,25 @@ def run_trainer(overrides: list[str], nproc: int = 1, launcher: str = "python", 
     if launcher == "python":
         cmd = [sys.executable, "-m", "trainer", DEBUG]
     elif launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "-m", "trainer", DEBUG]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "trainer",
+            DEBUG,
+        ]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+        ]
         cmd += ["--num_machines", "1", "--main_process_port", "29517", "-m", "trainer", DEBUG]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd + overrides, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -58,9 +74,19 @@ def straight_vs_resumed(tiny_shards, tmp_path, steps: int, **kw) -> tuple[Path, 
     half = steps // 2
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     extra = {"train.save_every": half, **kw}
-    check(run_trainer(train_overrides(tiny_shards, straight, **{"train.max_steps": steps, **extra}), nproc, launcher))
-    check(run_trainer(train_overrides(tiny_shards, resumed, **{"train.max_steps": half, **extra}), nproc, launcher))
-    second = run_trainer(train_overrides(tiny_shards, resumed, **{"train.max_steps": steps, **extra}), nproc, launcher)
+    check(
+        run_trainer(
+            train_overrides(tiny_shards, straight, **{"train.max_steps": steps, **extra}), nproc, launcher
+        )
+    )
+    check(
+        run_trainer(
+            train_overrides(tiny_shards, resumed, **{"train.max_steps": half, **extra}), nproc, launcher
+        )
+    )
+    second = run_trainer(
+        train_overrides(tiny_shards, resumed, **{"train.max_steps": steps, **extra}), nproc, launcher
+    )
     check(second)
     assert f"at step {half}" in second.stdout + second.stderr
     return straight, resumed
@@ -79,7 +105,15 @@ def test_exact_resume_single_process(tiny_shards, tmp_path):
     assert (ckpts / "latest" / "model" / "config.json").is_file()
     assert (resumed / "config.yaml").is_file()
     last = metrics(resumed)[-1]
-    for key in ("loss", "lr", "logit_scale", "samples_per_s", "audio_seconds_per_s", "grad_norm", "data_seen"):
+    for key in (
+        "loss",
+        "lr",
+        "logit_scale",
+        "samples_per_s",
+        "audio_seconds_per_s",
+        "grad_norm",
+        "data_seen",
+    ):
         assert last[key] is not None, key
 
 
@@ -95,7 +129,9 @@ def test_exact_resume_two_processes_with_workers(tiny_shards, tmp_path):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_two_processes_and_resume(tiny_shards, tmp_path, stage):
     ds = f"configs/deepspeed/zero{stage}.json"
-    straight, resumed = straight_vs_resumed(tiny_shards, tmp_path, 4, nproc=2, launcher="torchrun", **{"train.deepspeed": ds})
+    straight, resumed = straight_vs_resumed(
+        tiny_shards, tmp_path, 4, nproc=2, launcher="torchrun", **{"train.deepspeed": ds}
+    )
     assert_same_losses(losses(straight), losses(resumed))
     # ZeRO gives the same losses as plain DDP on the same data and init.
     ddp = tmp_path / "ddp"
@@ -166,7 +202,9 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tiny_shards, tmp_path):
     latest = (run / "checkpoints" / "latest").resolve()
     saved = json.loads((latest / "trainer_state.json").read_text())["step"]
     assert saved >= 6 and saved % 2 == 0
-    resumed = run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": saved + 4, "train.save_every": 2}))
+    resumed = run_trainer(
+        train_overrides(tiny_shards, run, **{"train.max_steps": saved + 4, "train.save_every": 2})
+    )
     check(resumed)
     assert f"at step {saved}" in resumed.stdout + resumed.stderr
     # metrics.jsonl was cut back to the checkpoint: every step exactly once
@@ -188,5 +226,35 @@ def test_user_errors_are_one_clear_line(tiny_shards, tmp_path):
     assert proc.returncode == 2 and "optim.lr" in proc.stderr
     proc = run_trainer(train_overrides(tiny_shards, tmp_path / "y", **{"train.mixed_precision": "fp16"}))
     assert proc.returncode != 0 and "fp16 needs a CUDA GPU" in proc.stderr
-    proc = run_trainer(train_overrides(tiny_shards, tmp_path / "z", **{"train.resume": str(tmp_path / "nope")}))
+    proc = run_trainer(
+        train_overrides(tiny_shards, tmp_path / "z", **{"train.resume": str(tmp_path / "nope")})
+    )
     assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+def test_single_process_deepspeed_then_init_from(tiny_shards, tmp_path):
+    ds = tmp_path / "ds"
+    check(
+        run_trainer(
+            train_overrides(
+                tiny_shards, ds, **{"train.max_steps": 2, "train.deepspeed": "configs/deepspeed/zero2.json"}
+            )
+        )
+    )
+    fresh, init = tmp_path / "fresh", tmp_path / "init"
+    check(run_trainer(train_overrides(tiny_shards, fresh, **{"train.max_steps": 1})))
+    check(
+        run_trainer(
+            train_overrides(
+                tiny_shards,
+                init,
+                **{"train.max_steps": 1, "train.init_from": str(ds / "checkpoints" / "latest")},
+            )
+        )
+    )
+    # Same data and seed: only the starting weights differ.
+    assert losses(init)[1] != losses(fresh)[1]
+    proc = run_trainer(
+        train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
+    )
+    assert proc.returncode == 2 and "holds no saved model" in proc.stderr

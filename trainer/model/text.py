@@ -255,7 +255,9 @@ def build_text_encoder(
             style = "bert" if cfg.name in ("tiny", "bert") else "roberta"
             tokenizer = train_tokenizer(tokenizer_texts, cfg.vocab_size, cfg.max_length, style)
         model = _random_model(cfg, tokenizer)
-        default_pooling = "pooler" if cfg.name == "clap" else "cls"
+        # A random transformer's CLS vector is nearly the same for every caption (cos ~0.9999 at init), which
+        # stalls contrastive learning from scratch; the mean over tokens starts diverse. Pretrained: as trained.
+        default_pooling = {"clap": "pooler", "tiny": "mean"}.get(cfg.name, "cls")
     else:
         if cfg.name == "tiny":
             raise ValueError(
@@ -267,7 +269,7 @@ def build_text_encoder(
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source)
         default_pooling = detect_pooling(source) or ("pooler" if cfg.name == "clap" else "cls")
-    return TextEncoder(model, tokenizer, pooling or default_pooling, cfg.max_length)
+    return TextEncoder(model, tokenizer, pooling or cfg.pooling or default_pooling, cfg.max_length)
 
 
 def save_text_backbone(encoder: TextEncoder, directory: Path) -> None:
