@@ -13,6 +13,7 @@ PIP_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sonotext-installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv test demo lint format clean-venv
 
@@ -29,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

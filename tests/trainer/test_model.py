@@ -427,7 +427,7 @@ def test_random_model_round_trip(tmp_path):
         AudioTextModel.from_pretrained(tmp_path / "missing")
     # An explicit state dict (e.g. consolidated from ZeRO-3 shards) is what gets saved.
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["log_logit_scale"] = torch.tensor(math.log(30.0))
+    state["log_logit_scale"] = torch.full((1,), math.log(30.0))
     model.save_pretrained(tmp_path / "other", state_dict=state)
     assert AudioTextModel.from_pretrained(tmp_path / "other").logit_scale_value() == pytest.approx(30.0)
 

@@ -14,19 +14,6 @@ from trainer.model.frontend import FeatureSpec, LogMel, frames_mask, resample_ma
 TIME_STRIDE = 4  # the stem halves time twice
 
 
-def standardize(feats: Tensor, real: Tensor) -> Tensor:
-    """Per clip and mel bin: subtract the mean and divide by the std over real frames; padding becomes 0.
-
-    Raw log-mel values share a large offset that makes every clip look alike to a random network (clip
-    embeddings at init had cosine ~0.9996 with each other), which stalls contrastive training from scratch.
-    """
-    w = real[..., None].to(feats.dtype)
-    n = w.sum(1, keepdim=True).clamp_min(1.0)
-    mean = (feats * w).sum(1, keepdim=True) / n
-    var = ((feats - mean) ** 2 * w).sum(1, keepdim=True) / n
-    return (feats - mean) / (var + 1e-5).sqrt() * w
-
-
 class ConvBlock(nn.Module):
     """ConvNeXt block over time: depthwise conv, LayerNorm, pointwise MLP, residual."""
 
@@ -57,6 +44,7 @@ class ConvBackend(nn.Module):
         self.mel = LogMel(
             FeatureSpec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, f_min=20.0)
         )
+        self.bn0 = nn.BatchNorm1d(n_mels)
         channels = max(8, hidden_size // 4)
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2, padding=1),
@@ -75,7 +63,11 @@ class ConvBackend(nn.Module):
     def forward(self, wave: Tensor, mask: Tensor) -> Tensor:
         feats = self.mel(wave)  # [B, T, M] natural-log mel energies
         real = resample_mask(mask, feats.shape[1])
-        feats = standardize(feats, real)
+        # Raw log-mel values share a large offset that makes every clip look alike to a random network (clip
+        # embeddings at init had cosine ~0.9996 with each other), which stalls contrastive training from scratch.
+        # A BatchNorm per mel bin (as PANNs' bn0) removes it and keeps frames local in time at evaluation.
+        feats = self.bn0(feats.transpose(1, 2)).transpose(1, 2)
+        feats = torch.where(real[..., None], feats, torch.zeros_like(feats))
         x = self.stem(feats[:, None])  # [B, C, T/4, M/4]
         x = self.proj(x.permute(0, 2, 1, 3).flatten(2))  # [B, F, H]
         frame_mask = frames_mask(mask, x.shape[1], self.frame_rate, self.sample_rate).to(x.dtype)
