@@ -145,7 +145,7 @@ def evaluate(run: Path, shards: Path) -> dict[str, dict[str, float]]:
             "--no-cache",
         ]
         sh(py("tools.evaluate", *args), run / "logs" / f"evaluate_{name}.log")
-        reports[name] = json.loads(out.read_text())
+        reports[name] = json.loads(out.read_text())["metrics"]
     return reports
 
 

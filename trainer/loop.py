@@ -130,7 +130,9 @@ def model_dir(path: str | Path) -> Path:
         return path / "model"
     if (path / "config.json").is_file():
         return path
-    raise ckpt.CheckpointError(f"train.init_from: {path} holds no saved model (no model/config.json or config.json)")
+    raise ckpt.CheckpointError(
+        f"train.init_from: {path} holds no saved model (no model/config.json or config.json)"
+    )
 
 
 class Trainer:

@@ -235,10 +235,21 @@ def test_region_loss_lower_for_aligned_frames_than_time_shuffled():
 
 def test_region_loss_same_audio_twice_is_one_clip_with_clip_ids():
     g = torch.Generator().manual_seed(5)
-    frames = F.normalize(torch.randn(1, 20, 8, generator=g), dim=-1).repeat(2, 1, 1)  # clip A at positions 0 and 1
+    frames = F.normalize(torch.randn(1, 20, 8, generator=g), dim=-1).repeat(
+        2, 1, 1
+    )  # clip A at positions 0 and 1
     text = F.normalize(torch.randn(1, 8, generator=g), dim=-1).repeat(2, 1)
     mask = torch.ones(2, 20, dtype=torch.bool)
-    args = (frames, mask, 10.0, text, torch.tensor([0, 1]), torch.tensor([0.2, 0.2]), torch.tensor([1.5, 1.5]), 0.1)
+    args = (
+        frames,
+        mask,
+        10.0,
+        text,
+        torch.tensor([0, 1]),
+        torch.tensor([0.2, 0.2]),
+        torch.tensor([1.5, 1.5]),
+        0.1,
+    )
     # By position, each copy's caption is a negative of the other copy: the loss is log 2.
     assert region_contrastive_loss(*args, text_ids=torch.tensor([7, 8])).item() == pytest.approx(math.log(2))
     # With the clips' identities there is no negative at all.

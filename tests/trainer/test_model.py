@@ -444,3 +444,20 @@ def test_offline_tokenizer(style, tmp_path):
     tok.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again("rain falls")["input_ids"] == tok("rain falls")["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["conv", "ast", "clap_htsat", "whisper", "wav2vec2", "hubert"])
+def test_deepspeed_style_half_precision_parameters(name):
+    """DeepSpeed bf16 casts parameters but not buffers, except modules the model asks to keep in float32."""
+    from deepspeed.runtime.keep_in_fp32 import keep_in_fp32_pattern
+
+    model = build_model(tiny_config(name), LossConfig(), 16000, CAPTIONS)
+    keep = keep_in_fp32_pattern(model, None, torch.bfloat16)
+    for pname, p in model.named_parameters():
+        if keep is None or not keep.search(pname):
+            p.data = p.data.to(torch.bfloat16)
+    audio, mask = batch()
+    tokens = model.tokenize(CAPTIONS[:2])
+    out = model(audio, mask, tokens["input_ids"], tokens["attention_mask"])
+    assert out.audio_frames.dtype == torch.bfloat16 and torch.isfinite(out.audio_frames.float()).all()
+    (out.audio_clip.float().sum() + out.text.float().sum()).backward()

@@ -6,6 +6,7 @@ Every run is a real subprocess on real shards (tools.synthetic layouts through t
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -232,29 +233,22 @@ def test_user_errors_are_one_clear_line(tiny_shards, tmp_path):
     assert proc.returncode != 0 and "does not exist" in proc.stderr
 
 
-def test_single_process_deepspeed_then_init_from(tiny_shards, tmp_path):
+def test_single_process_deepspeed_bf16_then_init_from(tiny_shards, tmp_path):
+    # bf16 under DeepSpeed casts the parameters (not the buffers) of the whole model: the front end must cope.
     ds = tmp_path / "ds"
-    check(
-        run_trainer(
-            train_overrides(
-                tiny_shards, ds, **{"train.max_steps": 2, "train.deepspeed": "configs/deepspeed/zero2.json"}
-            )
-        )
-    )
+    ds_args = {
+        "train.max_steps": 2,
+        "train.deepspeed": "configs/deepspeed/zero2.json",
+        "train.mixed_precision": "bf16",
+    }
+    check(run_trainer(train_overrides(tiny_shards, ds, **ds_args)))
+    assert all(math.isfinite(v) for v in losses(ds).values())
     fresh, init = tmp_path / "fresh", tmp_path / "init"
     check(run_trainer(train_overrides(tiny_shards, fresh, **{"train.max_steps": 1})))
-    check(
-        run_trainer(
-            train_overrides(
-                tiny_shards,
-                init,
-                **{"train.max_steps": 1, "train.init_from": str(ds / "checkpoints" / "latest")},
-            )
-        )
-    )
+    init_args = {"train.max_steps": 1, "train.init_from": str(ds / "checkpoints" / "latest")}
+    check(run_trainer(train_overrides(tiny_shards, init, **init_args)))
     # Same data and seed: only the starting weights differ.
     assert losses(init)[1] != losses(fresh)[1]
-    proc = run_trainer(
-        train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
-    )
+    bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
+    proc = run_trainer(bad)
     assert proc.returncode == 2 and "holds no saved model" in proc.stderr

@@ -169,7 +169,8 @@ class ASTBackend(nn.Module):
         return windows
 
     def forward(self, wave: Tensor, mask: Tensor) -> Tensor:
-        hidden = self.model(input_values=self.features(wave, mask)).last_hidden_state
+        # Features are float32; a model cast as a whole (DeepSpeed bf16/fp16) takes them in its own dtype.
+        hidden = self.model(input_values=self.features(wave, mask).to(self.model.dtype)).last_hidden_state
         hidden = hidden[:, 2:]  # drop the CLS and distillation tokens
         hidden = hidden.reshape(hidden.shape[0], self.freq_patches, self.time_patches, -1).mean(dim=1)
         return merge_windows(hidden, wave.shape[0])
@@ -224,7 +225,7 @@ class ClapBackend(nn.Module):
         return mel.reshape(-1, 1, self.window, mel.shape[-1])
 
     def forward(self, wave: Tensor, mask: Tensor) -> Tensor:
-        x = self.features(wave, mask)
+        x = self.features(wave, mask).to(self.model.dtype)
         is_longer = None
         if self.fusion:  # short inputs of a fusion model: the same mel in all four channels
             x = x.expand(-1, 4, -1, -1)
@@ -278,7 +279,7 @@ class WhisperBackend(nn.Module):
         return ((torch.maximum(mel, top - 8.0) + 4.0) / 4.0).transpose(1, 2)
 
     def forward(self, wave: Tensor, mask: Tensor) -> Tensor:
-        hidden = self.model(input_features=self.features(wave, mask)).last_hidden_state
+        hidden = self.model(input_features=self.features(wave, mask).to(self.model.dtype)).last_hidden_state
         return merge_windows(hidden, wave.shape[0])
 
 
@@ -311,6 +312,9 @@ class Wav2Vec2Backend(nn.Module):
             var = ((wave - mean) ** 2 * m).sum(dim=-1, keepdim=True) / n
             wave = (wave - mean) / torch.sqrt(var + 1e-7) * m
         attention_mask = mask.long() if self.use_mask else None
+        wave = wave.to(
+            self.model.dtype
+        )  # float32, or bf16/fp16 when the model was cast as a whole (DeepSpeed)
         return self.model(input_values=wave, attention_mask=attention_mask).last_hidden_state
 
 

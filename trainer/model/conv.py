@@ -12,6 +12,10 @@ from torch.utils.checkpoint import checkpoint
 from trainer.model.frontend import FeatureSpec, LogMel, frames_mask, resample_mask
 
 TIME_STRIDE = 4  # the stem halves time twice
+LOGMEL_MEAN, LOGMEL_STD = (
+    -4.0,
+    2.0,
+)  # natural-log mel power of typical [-1, 1] audio (measured on the demo data)
 
 
 class ConvBlock(nn.Module):
@@ -44,7 +48,8 @@ class ConvBackend(nn.Module):
         self.mel = LogMel(
             FeatureSpec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, f_min=20.0)
         )
-        self.bn0 = nn.BatchNorm1d(n_mels)
+        self.in_scale = nn.Parameter(torch.full((n_mels,), 1.0 / LOGMEL_STD))
+        self.in_shift = nn.Parameter(torch.full((n_mels,), -LOGMEL_MEAN / LOGMEL_STD))
         channels = max(8, hidden_size // 4)
         self.stem = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2, padding=1),
@@ -65,8 +70,9 @@ class ConvBackend(nn.Module):
         real = resample_mask(mask, feats.shape[1])
         # Raw log-mel values share a large offset that makes every clip look alike to a random network (clip
         # embeddings at init had cosine ~0.9996 with each other), which stalls contrastive training from scratch.
-        # A BatchNorm per mel bin (as PANNs' bn0) removes it and keeps frames local in time at evaluation.
-        feats = self.bn0(feats.transpose(1, 2)).transpose(1, 2)
+        # A learnable per-bin affine map, started at (x - LOGMEL_MEAN) / LOGMEL_STD, removes it; unlike a
+        # BatchNorm it keeps frames independent of each other and has no float32 buffers for DeepSpeed bf16 to trip on.
+        feats = feats.to(self.in_scale.dtype) * self.in_scale + self.in_shift
         feats = torch.where(real[..., None], feats, torch.zeros_like(feats))
         x = self.stem(feats[:, None])  # [B, C, T/4, M/4]
         x = self.proj(x.permute(0, 2, 1, 3).flatten(2))  # [B, F, H]

@@ -139,7 +139,8 @@ class LogMel(nn.Module):
         return 1 + num_samples // s.hop_length - int(s.drop_last_frame)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Features in float32 even inside a mixed-precision forward.
+        # Features in float32 even inside a mixed-precision forward (and with buffers cast to bf16 by DeepSpeed);
+        # the consumer casts them to its own weights' dtype.
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self._log_mel(x.float())
 
@@ -153,7 +154,7 @@ class LogMel(nn.Module):
                 s.n_fft,
                 s.hop_length,
                 win_length=s.win_length or s.n_fft,
-                window=self.window,
+                window=self.window.float(),
                 center=True,
                 pad_mode="reflect",
                 return_complex=True,
@@ -161,7 +162,7 @@ class LogMel(nn.Module):
             power = stft.abs().pow(2).transpose(1, 2)  # [B, T, n_freq]
             if s.drop_last_frame:
                 power = power[:, :-1]
-        mel = (power @ self.mel_fb).clamp(min=s.floor)
+        mel = (power @ self.mel_fb.float()).clamp(min=s.floor)
         if s.log == "ln":
             return mel.log()
         if s.log == "log10":
@@ -182,7 +183,7 @@ class LogMel(nn.Module):
                 [frames[..., :1] * (1 - s.preemphasis), frames[..., 1:] - s.preemphasis * frames[..., :-1]],
                 dim=-1,
             )
-        frames = frames * self.window
+        frames = frames * self.window.float()
         return torch.fft.rfft(frames, n=s.n_fft).abs().pow(2)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,14 @@ class AudioTextModel(nn.Module):
         self.sample_rate = sample_rate
         self.init_logit_scale = init_logit_scale
         self.max_logit_scale = max_logit_scale
+        # DeepSpeed bf16/fp16 casts parameters but keeps buffers in float32; a BatchNorm (HTSAT's) with half-precision
+        # weights and float32 running statistics fails. DeepSpeed reads this attribute to keep such modules in
+        # float32, where BatchNorm accepts half-precision input.
+        self._keep_in_fp32_modules_strict = [
+            re.escape(name) + r"\."
+            for name, module in self.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ]
 
     @property
     def tokenizer(self):
