@@ -173,7 +173,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping, norm still logged)."""
     log_every: int = 10
-    """Write metrics.jsonl / wandb every N optimizer steps (0 disables)."""
+    """Write metrics.jsonl / wandb every N optimizer steps and at the last one (0 disables)."""
     eval_every: int = 0
     """Evaluate every N optimizer steps and at the end (0 disables)."""
     save_every: int = 0

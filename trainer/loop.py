@@ -321,7 +321,8 @@ class Trainer:
                     progress.update(1)
                     progress.set_postfix(loss=f"{result.total.item():.3f}", kind=last_kind)
 
-                if cfg.train.log_every and self.step % cfg.train.log_every == 0:
+                last = self.step == cfg.train.max_steps
+                if cfg.train.log_every and (self.step % cfg.train.log_every == 0 or last):
                     self._log(window, window_samples, window_seconds, window_start, grad_norm, last_kind, lr)
                     window, window_samples, window_seconds = {}, 0.0, 0.0
                     window_start = time.perf_counter()
