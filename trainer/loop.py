@@ -188,21 +188,24 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
     def _load(self, path: Path) -> None:
+        from shards.mixing import MixedStream
+
         state = ckpt.read_state(path)
         self.accelerator.load_state(str(path / "accelerate"))
         self.step = self.resume_step = int(state["step"])
         data_state = ckpt.load_data_state(path, self.accelerator.process_index)
-        same_layout = (
-            state.get("world_size") == self.accelerator.num_processes
-            and state.get("num_workers") == self.cfg.data.num_workers
-        )
-        if data_state is not None and same_layout:
-            self.stream.load_state_dict(data_state)
-        else:
-            self.accelerator.print(
-                f"resume: data stream restarts fresh (checkpoint world size {state.get('world_size')}, "
-                f"workers {state.get('num_workers')}; now {self.accelerator.num_processes}, {self.cfg.data.num_workers})"
+        try:
+            if data_state is None:
+                raise ValueError(f"no data state for rank {self.accelerator.process_index} in {path}")
+            self.stream.load_state_dict(data_state)  # checks rank, world size, workers, seed and sources
+        except ValueError as e:
+            # A new seed, so the restarted stream does not replay the samples the run began with.
+            acc = self.accelerator
+            seed = self.cfg.run.seed + self.step
+            self.stream = MixedStream(
+                self.cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=seed
             )
+            acc.print(f"resume: the data stream restarts (seed {seed}), its saved state does not apply: {e}")
         self._sync_schedule()
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 

@@ -252,3 +252,13 @@ def test_single_process_deepspeed_bf16_then_init_from(tiny_shards, tmp_path):
     bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
     proc = run_trainer(bad)
     assert proc.returncode == 2 and "holds no saved model" in proc.stderr
+
+
+def test_resume_with_another_data_setup_restarts_the_stream(tiny_shards, tmp_path):
+    run = tmp_path / "changed"
+    check(run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": 2})))
+    extra_source = f"[{{name: clotho, urls: {tiny_shards}/clotho/development}}, {{name: more, urls: {tiny_shards}/clotho/evaluation}}]"
+    proc = run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": 3, "data.weak": extra_source}))
+    check(proc)
+    assert "data stream restarts" in proc.stdout + proc.stderr
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
