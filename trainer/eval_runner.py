@@ -24,11 +24,18 @@ def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
     )
 
 
+def partitions_parameters(accelerator) -> bool:
+    """True under DeepSpeed ZeRO-3, where every forward gathers parameters from all ranks."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and int(plugin.zero_stage) == 3
+
+
 def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
     """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
     from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance
 
     rank, world = accelerator.process_index, accelerator.num_processes
+    lockstep = world > 1 and partitions_parameters(accelerator)
     results: dict[str, Any] = {}
     for s in cfg.eval.retrieval:
         report = evaluate_retrieval(
@@ -36,9 +43,12 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
             eval_batches(s, cfg, rank, world),
             relevance=load_relevance(s.urls),
             device=accelerator.device,
+            lockstep=lockstep,
         )
         results.update({f"{s.name}/{k}": v for k, v in report.items()})
     for s in cfg.eval.temporal:
-        report = evaluate_temporal(model, eval_batches(s, cfg, rank, world), device=accelerator.device)
+        report = evaluate_temporal(
+            model, eval_batches(s, cfg, rank, world), device=accelerator.device, lockstep=lockstep
+        )
         results.update({f"{s.name}/{k}": v for k, v in report.items()})
     return results

@@ -10,7 +10,9 @@ The drivers (`evaluate_retrieval`, `evaluate_temporal`) run a model in eval mode
 Every rank embeds its own share; the embeddings are gathered on rank 0 and ordered by sample key (so results do not
 depend on the world size and a sample seen twice is an error); rank 0 computes the metrics and broadcasts them, so
 every rank returns the same dict. Pass the unwrapped model (not the DDP wrapper): ranks may see different numbers
-of batches.
+of batches. Under DeepSpeed ZeRO-3 every forward gathers parameters collectively, so pass `lockstep=True`: ranks
+then run the same number of forwards through both towers (a rank that is out of batches runs a silent filler clip
+whose output is dropped).
 
 Every metric value is a fraction in [0, 1] except `medR` (a 1-based rank) and `num_*` (counts).
 """
@@ -774,8 +776,39 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def forward_batch(model, batch: Mapping[str, Any] | None, texts: Sequence[str] | None, device: torch.device):
-    """One forward of the joint model on a batch's audio and on `texts`; a side that is None or empty is left out."""
+def lockstep_batches(batches: Iterable[Any], device: torch.device) -> Iterable[Any]:
+    """This rank's batches, then None until every rank has run out: all ranks take the same number of steps."""
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        more = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+        if _rank_world()[1] > 1:
+            torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
+        if not more.item():
+            return
+        yield batch
+
+
+def _filler_batch(model) -> dict[str, torch.Tensor]:
+    """One second of silence: what a rank without batches forwards in lockstep."""
+    n = int(model.sample_rate)
+    return {"audio": torch.zeros(1, n), "audio_mask": torch.ones(1, n, dtype=torch.bool)}
+
+
+def forward_batch(
+    model,
+    batch: Mapping[str, Any] | None,
+    texts: Sequence[str] | None,
+    device: torch.device,
+    lockstep: bool = False,
+):
+    """One forward of the joint model on a batch's audio and on `texts`; a side that is None or empty is left out.
+
+    With `lockstep`, both towers always run (a missing side gets a filler input; callers ignore that output).
+    """
+    if lockstep:
+        batch = batch if batch is not None else _filler_batch(model)
+        texts = texts or ["."]
     audio = mask = input_ids = attention_mask = None
     if batch is not None:
         audio = torch.as_tensor(batch["audio"]).to(device=device, dtype=torch.float32)
@@ -792,9 +825,13 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def embed_retrieval(model, batches: Iterable[Mapping[str, Any]], device=None) -> RetrievalSet:
+def embed_retrieval(
+    model, batches: Iterable[Mapping[str, Any]], device=None, lockstep: bool = False
+) -> RetrievalSet:
     """Clip and caption embeddings of this rank's batches (eval mode, no gradients)."""
     device = _model_device(model, device)
+    if lockstep:
+        batches = lockstep_batches(batches, device)
     keys: list[str] = []
     audio: list[np.ndarray] = []
     captions: list[str] = []
@@ -802,8 +839,11 @@ def embed_retrieval(model, batches: Iterable[Mapping[str, Any]], device=None) ->
     text: list[np.ndarray] = []
     with eval_mode(model):
         for batch in batches:
+            if batch is None:
+                forward_batch(model, None, None, device, lockstep=True)
+                continue
             texts = [c for caps in batch["captions"] for c in caps]
-            out = forward_batch(model, batch, texts, device)
+            out = forward_batch(model, batch, texts, device, lockstep)
             base = len(keys)
             keys.extend(batch["keys"])
             audio.append(_np(out.audio_clip))
@@ -822,13 +862,19 @@ def embed_retrieval(model, batches: Iterable[Mapping[str, Any]], device=None) ->
 
 
 def embed_temporal(
-    model, batches: Iterable[Mapping[str, Any]], device=None, text_template: str = "{}"
+    model,
+    batches: Iterable[Mapping[str, Any]],
+    device=None,
+    text_template: str = "{}",
+    lockstep: bool = False,
 ) -> TemporalSet:
     """Frame, clip and region-text embeddings of this rank's strong batches (eval mode, no gradients).
 
     Region texts are embedded as `text_template.format(text)` (e.g. "the sound of {}" for label names).
     """
     device = _model_device(model, device)
+    if lockstep:
+        batches = lockstep_batches(batches, device)
     keys: list[str] = []
     durations: list[float] = []
     audio: list[np.ndarray] = []
@@ -841,9 +887,12 @@ def embed_temporal(
     rate: float | None = None
     with eval_mode(model):
         for batch in batches:
+            if batch is None:
+                forward_batch(model, None, None, device, lockstep=True)
+                continue
             batch_texts = list(batch.get("region_text", []))
             unique = list(dict.fromkeys(batch_texts))
-            out = forward_batch(model, batch, [text_template.format(t) for t in unique], device)
+            out = forward_batch(model, batch, [text_template.format(t) for t in unique], device, lockstep)
             batch_rate = float(out.frame_rate)
             if rate is not None and not math.isclose(batch_rate, rate):
                 raise ValueError(f"model frame rate changed between batches: {rate} vs {batch_rate}")
@@ -1030,14 +1079,16 @@ def evaluate_retrieval(
     relevance: Mapping[str, Sequence[str]] | None = None,
     device: torch.device | str | None = None,
     cache_path: str | Path | None = None,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Text-to-audio and audio-to-text retrieval of a split; the same report on every rank.
 
     `relevance` (query caption -> relevant clip keys or file names) adds the multi-relevance t2a_multi/* figures.
     With `cache_path`, the gathered embeddings are saved there (.npz) and reused by later calls instead of the model.
+    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3).
     """
     return _run_distributed(
-        lambda: embed_retrieval(model, batches, device),
+        lambda: embed_retrieval(model, batches, device, lockstep),
         RetrievalSet.merge,
         RetrievalSet.load,
         lambda data: retrieval_report(data, relevance),
@@ -1053,13 +1104,15 @@ def evaluate_temporal(
     text_template: str = "{}",
     cache_path: str | Path | None = None,
     num_jobs: int = 1,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Temporal alignment on a strong split (see `temporal_report`); the same report on every rank.
 
     `num_jobs` processes compute PSDS1/pAUROC on rank 0 (they dominate the cost on large splits).
+    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3).
     """
     return _run_distributed(
-        lambda: embed_temporal(model, batches, device, text_template),
+        lambda: embed_temporal(model, batches, device, text_template, lockstep),
         TemporalSet.merge,
         TemporalSet.load,
         lambda data: temporal_report(data, max_sed_queries, num_jobs=num_jobs),

@@ -477,6 +477,20 @@ def test_temporal_report_drops_when_frames_belong_to_other_clips(tmp_path):
         assert bad[key] < good[key] - 0.3, key
 
 
+class CountingToneModel(ToneModel):
+    """ToneModel that records which towers each forward ran (as ZeRO-3 would need every rank to run them)."""
+
+    sample_rate = SR
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, audio=None, audio_mask=None, input_ids=None, attention_mask=None):
+        self.calls.append((audio is not None, input_ids is not None))
+        return super().forward(audio, audio_mask, input_ids, attention_mask)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -499,6 +513,14 @@ def _worker(rank: int, world: int, port: int, weak: str, strong: str, out: str) 
         temporal = evaluate_temporal(
             model, iter_eval_batches(strong, sample_rate=SR, batch_size=2, rank=rank, world_size=world)
         )
+        # lockstep (ZeRO-3): 3 vs 4 batches of 1 clip; both ranks make 4 forwards, each through both towers
+        counting = CountingToneModel()
+        lockstep = evaluate_retrieval(
+            counting,
+            iter_eval_batches(weak, sample_rate=SR, batch_size=1, rank=rank, world_size=world),
+            relevance=relevance,
+            lockstep=True,
+        )
         # every rank reading all of the split: each sample arrives twice, which must fail on every rank (no hang)
         try:
             evaluate_retrieval(model, iter_eval_batches(weak, sample_rate=SR, batch_size=2))
@@ -510,6 +532,8 @@ def _worker(rank: int, world: int, port: int, weak: str, strong: str, out: str) 
                 {
                     "retrieval": retrieval,
                     "temporal": temporal,
+                    "lockstep": lockstep,
+                    "lockstep_calls": counting.calls,
                     "seen": seen,
                     "duplicate_error": duplicate_error,
                 }
@@ -528,6 +552,8 @@ def test_two_processes_match_one_and_see_each_sample_once(tmp_path):
     )
     for r in results:  # the same report on every rank, equal to the single-process one
         assert r["retrieval"] == pytest.approx(EXPECTED_RETRIEVAL)
+        assert r["lockstep"] == pytest.approx(EXPECTED_RETRIEVAL)
+        assert r["lockstep_calls"] == [[True, True]] * 4
         assert r["temporal"] == pytest.approx(single_temporal)
         assert "evaluated more than once" in r["duplicate_error"]
     seen = results[0]["seen"] + results[1]["seen"]

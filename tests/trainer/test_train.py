@@ -222,6 +222,31 @@ def test_periodic_evaluation_writes_reports(tiny_shards, tmp_path):
         assert 0.0 <= report[key] <= 1.0, key
 
 
+def test_zero3_evaluation_with_uneven_batches_matches_ddp(tiny_shards, tmp_path):
+    # 3 samples over 2 ranks at batch size 1: rank 0 has 1 batch, rank 1 has 2. Under ZeRO-3 every forward
+    # gathers parameters from all ranks, so evaluation runs in lockstep (rank 0 forwards a filler while rank 1 works;
+    # NCCL needs that, gloo happens to tolerate uneven forwards). Logging the partitioned logit scale gathers it.
+    evals = {
+        "train.max_steps": 2,
+        "train.eval_every": 2,
+        "eval.batch_size": 1,
+        "eval.retrieval": f"[{{name: clotho-evaluation, urls: {tiny_shards}/clotho/evaluation, max_samples: 3}}]",
+        "eval.temporal": f"[{{name: tacos-test, urls: {tiny_shards}/tacos/test, max_samples: 3}}]",
+    }
+    zero3, ddp = tmp_path / "zero3", tmp_path / "ddp"
+    ds_config = json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even the tiny params
+    (tmp_path / "zero3.json").write_text(json.dumps(ds_config))
+    ds = {"train.deepspeed": str(tmp_path / "zero3.json")}
+    check(run_trainer(train_overrides(tiny_shards, zero3, **evals, **ds), 2, "torchrun", timeout=300))
+    check(run_trainer(train_overrides(tiny_shards, ddp, **evals), 2, "torchrun", timeout=300))
+    a, b = (json.loads((run / "eval" / "step_2.json").read_text()) for run in (zero3, ddp))
+    assert a["clotho-evaluation/num_clips"] == b["clotho-evaluation/num_clips"] == 3
+    assert sorted(a) == sorted(b)
+    for key, value in b.items():
+        assert a[key] == pytest.approx(value, abs=1e-3), key
+
+
 def test_user_errors_are_one_clear_line(tiny_shards, tmp_path):
     proc = run_trainer(train_overrides(tiny_shards, tmp_path / "x", **{"optim.lr": "fast"}))
     assert proc.returncode == 2 and "optim.lr" in proc.stderr

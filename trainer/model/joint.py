@@ -103,7 +103,16 @@ class AudioTextModel(nn.Module):
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale).squeeze(0)
 
     def logit_scale_value(self) -> float:
-        """The current logit scale multiplier as a number (for logs)."""
+        """The current logit scale multiplier as a number (for logs).
+
+        Under DeepSpeed ZeRO-3 the parameter may be partitioned (empty on each rank): it is gathered first, which is
+        a collective call, so then every rank must call this.
+        """
+        if hasattr(self.log_logit_scale, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([self.log_logit_scale]):
+                return float(self.logit_scale().detach())
         return float(self.logit_scale().detach())
 
     def forward(
