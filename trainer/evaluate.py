@@ -777,16 +777,28 @@ def eval_mode(model: torch.nn.Module):
 
 
 def lockstep_batches(batches: Iterable[Any], device: torch.device) -> Iterable[Any]:
-    """This rank's batches, then None until every rank has run out: all ranks take the same number of steps."""
+    """This rank's batches, then None until every rank has run out: all ranks take the same number of steps.
+
+    A rank whose batches fail (e.g. a corrupt shard) goes on with None so that the others do not wait for it, and
+    raises the error once every rank is done.
+    """
     it = iter(batches)
+    error: Exception | None = None
     while True:
-        batch = next(it, None)
+        batch = None
+        if error is None:
+            try:
+                batch = next(it, None)
+            except Exception as e:
+                error = e
         more = torch.tensor([batch is not None], dtype=torch.int32, device=device)
         if _rank_world()[1] > 1:
             torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
         if not more.item():
-            return
+            break
         yield batch
+    if error is not None:
+        raise error
 
 
 def _filler_batch(model) -> dict[str, torch.Tensor]:

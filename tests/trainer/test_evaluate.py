@@ -521,6 +521,18 @@ def _worker(rank: int, world: int, port: int, weak: str, strong: str, out: str) 
             relevance=relevance,
             lockstep=True,
         )
+        # in lockstep, rank 0's batches fail after one: the error reaches every rank (no rank waits forever)
+
+        def failing(batches):
+            yield next(iter(batches))
+            raise ValueError("corrupt shard")
+
+        mine = iter_eval_batches(weak, sample_rate=SR, batch_size=1, rank=rank, world_size=world)
+        try:
+            evaluate_retrieval(CountingToneModel(), failing(mine) if rank == 0 else mine, lockstep=True)
+            lockstep_error = ""
+        except (ValueError, RuntimeError) as e:
+            lockstep_error = str(e)
         # every rank reading all of the split: each sample arrives twice, which must fail on every rank (no hang)
         try:
             evaluate_retrieval(model, iter_eval_batches(weak, sample_rate=SR, batch_size=2))
@@ -534,6 +546,7 @@ def _worker(rank: int, world: int, port: int, weak: str, strong: str, out: str) 
                     "temporal": temporal,
                     "lockstep": lockstep,
                     "lockstep_calls": counting.calls,
+                    "lockstep_error": lockstep_error,
                     "seen": seen,
                     "duplicate_error": duplicate_error,
                 }
@@ -554,6 +567,7 @@ def test_two_processes_match_one_and_see_each_sample_once(tmp_path):
         assert r["retrieval"] == pytest.approx(EXPECTED_RETRIEVAL)
         assert r["lockstep"] == pytest.approx(EXPECTED_RETRIEVAL)
         assert r["lockstep_calls"] == [[True, True]] * 4
+        assert "corrupt shard" in r["lockstep_error"]
         assert r["temporal"] == pytest.approx(single_temporal)
         assert "evaluated more than once" in r["duplicate_error"]
     seen = results[0]["seen"] + results[1]["seen"]
