@@ -16,6 +16,7 @@ import yaml
 
 from launch.slurm_env import parse_time_minutes
 from trainer.config import ConfigError, from_dict
+from trainer.config_files import resolve_config_file
 
 
 @dataclass
@@ -53,10 +54,9 @@ class ClusterConfig:
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:
-    """Read and validate a cluster YAML; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"cluster file not found: {path}")
+    """Read and validate a cluster YAML (a path, or a shipped name: local, configs/clusters/local.yaml); errors
+    name the file and the key."""
+    path = resolve_config_file(path, folders=("clusters", ""), what="cluster file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

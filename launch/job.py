@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import submitit
 
-from launch.slurm_env import distributed_env
+from launch.slurm_env import current_task_env
 
 # 75 (sysexits EX_TEMPFAIL): the trainer's "saved a checkpoint and stopped on a signal" (trainer.loop.EXIT_PREEMPTED).
 EXIT_PREEMPTED = os.EX_TEMPFAIL
@@ -55,7 +55,7 @@ class TrainJob:
 
     def __call__(self) -> int:
         forwarder = TimeLimitForwarder.install()
-        dist = distributed_env(os.environ)
+        dist = current_task_env()
         if int(dist["WORLD_SIZE"]) > 1:
             os.environ.update(dist)
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")

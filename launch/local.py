@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m launch.local",
         description="Run a sonotext training job through submitit's local executor (one process per task).",
     )
-    parser.add_argument("config", help="run config YAML (e.g. configs/debug.yaml)")
+    parser.add_argument(
+        "config", help="run config: a YAML path or a shipped name (debug, configs/debug.yaml)"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4"
     )

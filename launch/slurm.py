@@ -25,6 +25,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 from launch.cluster import ClusterConfig, load_cluster, sbatch_parameters
 from launch.job import PROBE_ENTRY, TrainJob, time_limit_signal
 from trainer.config import ConfigError, load_config
+from trainer.config_files import resolve_config_file
 
 PROBE_STEPS = 20
 
@@ -34,11 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m launch.slurm",
         description="Submit a sonotext training run to SLURM (submitit; requeues and resumes on time limits).",
     )
-    parser.add_argument("config", help="run config YAML (e.g. configs/debug.yaml)")
+    parser.add_argument(
+        "config", help="run config: a YAML path or a shipped name (debug, configs/debug.yaml)"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4"
     )
-    parser.add_argument("--cluster", required=True, help="cluster YAML (configs/clusters/NAME.yaml)")
+    parser.add_argument(
+        "--cluster",
+        required=True,
+        help="cluster YAML: a path or a shipped name (configs/clusters/NAME.yaml, NAME)",
+    )
     parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     parser.add_argument("--gpus-per-node", type=int, help="GPUs per node; default: the cluster file's")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
@@ -53,7 +60,8 @@ def make_job(config: str | Path, overrides: Sequence[str], run_dir: Path, probe:
     if probe:
         argv = ["--out", str(run_dir / "probe"), "--steps", str(PROBE_STEPS)]
         return TrainJob(argv=argv, entry=PROBE_ENTRY, resume_argv=["--resume"])
-    return TrainJob(argv=[str(Path(config).resolve()), *overrides])
+    path = resolve_config_file(config, folders=("", "experiments"))  # a path, or a shipped name such as debug
+    return TrainJob(argv=[str(path.resolve()), *overrides])
 
 
 def submitit_command(folder: Path, python: str | None) -> str:
@@ -63,7 +71,13 @@ def submitit_command(folder: Path, python: str | None) -> str:
 
 
 def sbatch_script(params: dict[str, Any], folder: Path, python: str | None = None) -> str:
-    """The sbatch script submitit writes for these parameters (for --dry-run; no SLURM needed)."""
+    """The sbatch script submitit writes for these parameters (for --dry-run; no SLURM needed).
+
+    submitit has no public call that returns the script without submitting (its SlurmExecutor even refuses to be
+    built where `srun` is missing), so this calls the private function the executor writes the submission file
+    with. setup.cfg pins submitit to the release series whose signature this was checked against (1.5.x), and a
+    test on a real cluster checks that --dry-run prints exactly the script that gets submitted.
+    """
     return _make_sbatch_string(command=submitit_command(folder, python), folder=folder, **params)
 
 

@@ -1,17 +1,25 @@
-"""Pure scheduler-environment logic: SLURM hostlists, task layout, and the torch.distributed env of a task.
+"""Scheduler-environment logic: the torch.distributed env of a task, SLURM task layouts and time limits.
 
-    expand_nodelist("gpu-a[1-2]-b[3,5]")  # ['gpu-a1-b3', 'gpu-a1-b5', 'gpu-a2-b3', 'gpu-a2-b5']
-    distributed_env(os.environ)           # {'MASTER_ADDR': ..., 'RANK': ..., 'WORLD_SIZE': ..., ...}
+    current_task_env()                     # this process: {'MASTER_ADDR': ..., 'RANK': ..., 'WORLD_SIZE': ..., ...}
+    distributed_env(environ, hosts)        # the same from a recorded environment and its expanded node list
+    tasks_per_node("4(x2),3")              # [4, 4, 3]
 
-Everything here takes plain strings/mappings and returns values, so it is tested on recorded SLURM
-environments without a cluster.
+SLURM's node list is expanded by submitit (`JobEnvironment().hostnames`, see job_hostnames). Our own code is
+kept where submitit is wrong: submitit's TorchDistributedEnvironment sets LOCAL_WORLD_SIZE to tasks // nodes,
+which is wrong for uneven layouts (7 tasks on 4 nodes: 2,2,2,1), so the layout comes from SLURM_TASKS_PER_NODE
+here. distributed_env takes plain mappings and returns values, so it is tested on recorded SLURM environments
+without a cluster.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import submitit
+from submitit.slurm.slurm import SlurmParseException
 
 # Variables the env:// rendezvous of torch.distributed (and Accelerate) reads; set exactly as torchrun sets them.
 DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -20,68 +28,28 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "
 MIN_PORT, MAX_PORT = 20000, 60000
 
 
-def expand_nodelist(nodelist: str) -> list[str]:
-    """Expand a SLURM hostlist (`node[01-04,07]`, `gpu-a[1-2]-b[3,5]`, `a1,b[2-3]`) into host names, in order."""
-    text = nodelist.strip()
-    if not text:
-        raise ValueError("empty SLURM nodelist")
-    hosts: list[str] = []
-    for group in _split_groups(text, nodelist):
-        hosts.extend(_expand_group(group, nodelist))
+def job_hostnames() -> list[str]:
+    """The running SLURM job's nodes, in SLURM's order: submitit's `JobEnvironment().hostnames`.
+
+    submitit expands SLURM_JOB_NODELIST (`node[01-04,07]`, `gpu-a[1-2]-b[3,5]`, `a1,b[2-3]`) but lets a malformed
+    list through as odd host names; those are refused here with the list named.
+    """
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "").strip()
+    if not nodelist:
+        raise ValueError("environment variable SLURM_JOB_NODELIST is not set")
+    env = submitit.JobEnvironment()
+    if env.cluster != "slurm":
+        raise ValueError(
+            f"not a submitit SLURM task (SUBMITIT_EXECUTOR={os.environ.get('SUBMITIT_EXECUTOR')!r})"
+        )
+    try:
+        hosts = list(env.hostnames)
+    except SlurmParseException:
+        raise ValueError(f"SLURM nodelist {nodelist!r}: not a SLURM host list") from None
+    bad = [h for h in hosts if not h or any(c in h for c in "[],")]
+    if not hosts or bad:
+        raise ValueError(f"SLURM nodelist {nodelist!r}: not a SLURM host list (expanded to {hosts})")
     return hosts
-
-
-def _split_groups(text: str, nodelist: str) -> list[str]:
-    """Split at commas outside brackets."""
-    groups, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-            if depth > 1:
-                raise ValueError(f"SLURM nodelist {nodelist!r}: nested '[' at position {i}")
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"SLURM nodelist {nodelist!r}: ']' without '[' at position {i}")
-        elif ch == "," and depth == 0:
-            groups.append(text[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"SLURM nodelist {nodelist!r}: '[' is never closed")
-    groups.append(text[start:])
-    for group in groups:
-        if not group:
-            raise ValueError(f"SLURM nodelist {nodelist!r}: empty host name between commas")
-    return groups
-
-
-def _expand_group(group: str, nodelist: str) -> list[str]:
-    """One host pattern with any number of bracketed ranges: the first bracket varies slowest (as SLURM)."""
-    names = [""]
-    rest = group
-    while rest:
-        literal, bracket, rest = rest.partition("[")
-        names = [n + literal for n in names]
-        if bracket:
-            ranges, _, rest = rest.partition("]")
-            names = [n + s for n in names for s in _expand_ranges(ranges, nodelist)]
-    return names
-
-
-def _expand_ranges(ranges: str, nodelist: str) -> list[str]:
-    """`01-04,07` -> ['01', '02', '03', '04', '07']: zero padding follows the width of the lower bound."""
-    out: list[str] = []
-    for part in ranges.split(","):
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise ValueError(f"SLURM nodelist {nodelist!r}: bad range {part!r} (expected N or N-M)")
-        if not sep:
-            out.append(lo)
-            continue
-        if int(hi) < int(lo):
-            raise ValueError(f"SLURM nodelist {nodelist!r}: range {part!r} runs backwards")
-        out.extend(f"{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1))
-    return out
 
 
 def tasks_per_node(spec: str, num_nodes: int | None = None) -> list[int]:
@@ -104,15 +72,27 @@ def master_port(job_id: str) -> int:
     return random.Random(job_id).randint(MIN_PORT, MAX_PORT)
 
 
-def distributed_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """torch.distributed env (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) of this task.
+def current_task_env() -> dict[str, str]:
+    """distributed_env of this process; a SLURM task's node list is expanded by submitit."""
+    hosts = job_hostnames() if is_slurm_task(os.environ) else []
+    return distributed_env(os.environ, hosts)
 
-    Reads a SLURM task (srun: SLURM_PROCID, SLURM_NTASKS, ...) or a task of submitit's local executor
-    (SUBMITIT_LOCAL_*); anything else is a single process. MASTER_ADDR is the first host of the step's node list (task 0 runs there under
-    SLURM's default block distribution); MASTER_PORT comes from the environment if set, else from the job id.
+
+def is_slurm_task(environ: Mapping[str, str]) -> bool:
+    """True inside a task srun started (SLURM_PROCID and SLURM_JOB_ID are set)."""
+    return "SLURM_PROCID" in environ and "SLURM_JOB_ID" in environ
+
+
+def distributed_env(environ: Mapping[str, str], hosts: Sequence[str] = ()) -> dict[str, str]:
+    """torch.distributed env (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) of a task.
+
+    Reads a SLURM task (srun: SLURM_PROCID, SLURM_NTASKS, ...; `hosts` = the job's nodes in order, from
+    job_hostnames) or a task of submitit's local executor (SUBMITIT_LOCAL_*); anything else is a single process.
+    MASTER_ADDR is the first node (task 0 runs there under SLURM's default block distribution); MASTER_PORT comes
+    from the environment if set, else from the job id.
     """
-    if "SLURM_PROCID" in environ and "SLURM_JOB_ID" in environ:
-        return _slurm_env(environ)
+    if is_slurm_task(environ):
+        return _slurm_env(environ, list(hosts))
     if "SUBMITIT_LOCAL_GLOBALID" in environ:
         return _local_env(environ)
     # A plain process (e.g. submitit's in-process debug executor) is a world of one.
@@ -139,11 +119,15 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
         raise ValueError(f"environment variable {name}={value!r}: expected an integer") from None
 
 
-def _slurm_env(environ: Mapping[str, str]) -> dict[str, str]:
-    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
-    if not nodelist:
-        raise ValueError("environment variable SLURM_JOB_NODELIST is not set")
-    hosts = expand_nodelist(nodelist)
+def _slurm_env(environ: Mapping[str, str], hosts: list[str]) -> dict[str, str]:
+    nodelist = environ.get("SLURM_JOB_NODELIST", "")
+    if not hosts:
+        raise ValueError("a SLURM task needs the job's node list (job_hostnames()); none was given")
+    num_nodes = environ.get("SLURM_JOB_NUM_NODES")
+    if num_nodes is not None and _int(environ, "SLURM_JOB_NUM_NODES") != len(hosts):
+        raise ValueError(
+            f"SLURM nodelist {nodelist!r} expands to {len(hosts)} hosts, SLURM_JOB_NUM_NODES={num_nodes}"
+        )
     world_var = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in environ else "SLURM_NTASKS"
     world = _int(environ, world_var, 1)
     rank = _int(environ, "SLURM_PROCID")

@@ -14,7 +14,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Train an audio-text model. Keys and their meaning: trainer/config.py.",
         epilog="example: python -m trainer configs/debug.yaml optim.lr=1e-4 train.max_steps=50",
     )
-    parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "config",
+        help="YAML config: a path, or a shipped name (debug, experiments/tacos_pretrain; `sonotext-configs list`)",
+    )
     parser.add_argument(
         "overrides", nargs="*", help="dot-list overrides, e.g. optim.lr=1e-4 data.weak.0.weight=2"
     )

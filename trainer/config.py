@@ -187,7 +187,8 @@ class TrainConfig:
     optimizer, schedule, step and data start fresh and the model section of this config is not used. Ignored when
     resuming (e.g. TACOS fine-tuning from a weak pre-training run)."""
     deepspeed: str | None = None
-    """null: DDP through Accelerate; or a DeepSpeed JSON (configs/deepspeed/zeroN.json) with `auto` values."""
+    """null: DDP through Accelerate; or a DeepSpeed JSON with `auto` values: a path or a shipped name
+    (configs/deepspeed/zeroN.json, or zeroN)."""
 
 
 @dataclass
@@ -251,11 +252,11 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """YAML file (or None for the defaults) + dot-list overrides -> validated Config."""
+    from trainer.config_files import resolve_config_file  # imports ConfigError from here
+
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config_file(path, folders=("", "experiments"))
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
@@ -268,6 +269,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     for item in overrides:
         apply_override(raw, item)
     cfg = from_dict(Config, raw)
+    if cfg.train.deepspeed:  # a path, or a shipped name such as configs/deepspeed/zero2.json
+        ds = resolve_config_file(cfg.train.deepspeed, folders=("deepspeed", ""), what="train.deepspeed: file")
+        cfg.train.deepspeed = str(ds)
     validate(cfg)
     return cfg
 

@@ -1,4 +1,4 @@
-"""Hostlist expansion, task layout and the torch.distributed env of a task, on recorded SLURM environments."""
+"""Node lists (submitit), task layout and the torch.distributed env of a task, on recorded SLURM environments."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from submitit.helpers import TorchDistributedEnvironment
 
 from launch.slurm_env import (
+    current_task_env,
     distributed_env,
-    expand_nodelist,
+    job_hostnames,
     master_port,
     parse_time_minutes,
     tasks_per_node,
@@ -29,39 +30,61 @@ HOSTLISTS = {
 }
 
 
+@pytest.fixture
+def task_env(monkeypatch):
+    """Replace this process's SLURM/submitit variables with `env` (as a submitit SLURM task sees them)."""
+
+    def apply(env: dict[str, str]) -> None:
+        for key in list(os.environ):
+            if key.startswith(("SLURM_", "SUBMITIT_")) or key in ("MASTER_PORT", "MASTER_ADDR"):
+                monkeypatch.delenv(key)
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+
+    return apply
+
+
+def hostnames(task_env, nodelist: str) -> list[str]:
+    task_env({"SLURM_JOB_NODELIST": nodelist})
+    return job_hostnames()
+
+
 @pytest.mark.parametrize("nodelist", sorted(HOSTLISTS))
-def test_expand_nodelist(nodelist):
-    assert expand_nodelist(nodelist) == HOSTLISTS[nodelist]
+def test_job_hostnames(task_env, nodelist):
+    assert hostnames(task_env, nodelist) == HOSTLISTS[nodelist]
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol not installed")
 @pytest.mark.parametrize("nodelist", sorted(HOSTLISTS))
-def test_expand_nodelist_agrees_with_scontrol(nodelist, tmp_path):
+def test_job_hostnames_agree_with_scontrol(task_env, nodelist, tmp_path):
     # `scontrol show hostnames` parses locally but insists on a config source; a two-line one is enough.
     conf = tmp_path / "slurm.conf"
     conf.write_text("ClusterName=hostlist\nSlurmctldHost=localhost\n")
     env = {"PATH": os.environ["PATH"], "SLURM_CONF": str(conf)}
     cmd = ["scontrol", "show", "hostnames", nodelist]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    assert expand_nodelist(nodelist) == out.stdout.split()
+    assert hostnames(task_env, nodelist) == out.stdout.split()
 
 
 @pytest.mark.parametrize(
-    ("nodelist", "message"),
-    [
-        ("node[7-5]", "runs backwards"),
-        ("n[1-2", "never closed"),
-        ("n1-2]", "without '['"),
-        ("n[]", "bad range ''"),
-        ("n[a-b]", "bad range 'a-b'"),
-        ("a,,b", "empty host name"),
-        ("n[[1]]", "nested"),
-        ("", "empty SLURM nodelist"),
-    ],
+    "nodelist",
+    # submitit raises on the first two and returns odd host names (or none) for the rest
+    ["n[1-2", "n[a-b]", "node[7-5]", "n1-2]", "a,,b", "n[[1]]"],
 )
-def test_expand_nodelist_errors_name_the_value(nodelist, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        expand_nodelist(nodelist)
+def test_job_hostnames_refuse_what_slurm_never_writes(task_env, nodelist):
+    with pytest.raises(ValueError, match=re.escape(f"SLURM nodelist {nodelist!r}: not a SLURM host list")):
+        hostnames(task_env, nodelist)
+
+
+def test_job_hostnames_need_a_slurm_task(task_env, monkeypatch):
+    task_env({})
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST is not set"):
+        job_hostnames()
+    task_env({"SLURM_JOB_NODELIST": "n1"})
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    with pytest.raises(ValueError, match="not a submitit SLURM task"):
+        job_hostnames()
 
 
 def test_tasks_per_node():
@@ -80,7 +103,7 @@ def slurm_task(nodelist: str, layout: str, ntasks: int, procid: int, nodeid: int
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NODELIST": nodelist,
         "SLURM_STEP_NODELIST": nodelist,
-        "SLURM_JOB_NUM_NODES": str(len(expand_nodelist(nodelist))),
+        "SLURM_JOB_NUM_NODES": str(len(tasks_per_node(layout))),
         "SLURM_NTASKS": str(ntasks),
         "SLURM_STEP_NUM_TASKS": str(ntasks),
         "SLURM_TASKS_PER_NODE": layout,
@@ -92,10 +115,10 @@ def slurm_task(nodelist: str, layout: str, ntasks: int, procid: int, nodeid: int
     }
 
 
-def test_distributed_env_multi_node():
+def test_distributed_env_multi_node(task_env):
     # 5 nodes x 4 GPUs; task 13 is the second task on node04 (index 3).
-    env = distributed_env(slurm_task("node[01-04,07]", "4(x5)", 20, procid=13, nodeid=3, localid=1))
-    assert env == {
+    task_env(slurm_task("node[01-04,07]", "4(x5)", 20, procid=13, nodeid=3, localid=1))
+    assert current_task_env() == {
         "MASTER_ADDR": "node01",
         "MASTER_PORT": str(master_port("4242")),
         "RANK": "13",
@@ -105,9 +128,11 @@ def test_distributed_env_multi_node():
     }
 
 
-def test_distributed_env_uneven_tasks_per_node():
-    # 7 tasks on gpu-a[1-2]-b[3,5]: 2,2,2,1 -> the last node runs one task.
-    env = distributed_env(slurm_task("gpu-a[1-2]-b[3,5]", "2(x3),1", 7, procid=6, nodeid=3, localid=0))
+def test_distributed_env_uneven_tasks_per_node(task_env):
+    # 7 tasks on gpu-a[1-2]-b[3,5]: 2,2,2,1 -> the last node runs one task (submitit's helper would say 7 // 4 = 1
+    # for every node).
+    task_env(slurm_task("gpu-a[1-2]-b[3,5]", "2(x3),1", 7, procid=6, nodeid=3, localid=0))
+    env = current_task_env()
     assert env["MASTER_ADDR"] == "gpu-a1-b3"
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == (
         "6",
@@ -115,23 +140,24 @@ def test_distributed_env_uneven_tasks_per_node():
         "0",
         "1",
     )
-    first = distributed_env(slurm_task("gpu-a[1-2]-b[3,5]", "2(x3),1", 7, procid=1, nodeid=0, localid=1))
-    assert first["LOCAL_WORLD_SIZE"] == "2"
+    task_env(slurm_task("gpu-a[1-2]-b[3,5]", "2(x3),1", 7, procid=1, nodeid=0, localid=1))
+    assert current_task_env()["LOCAL_WORLD_SIZE"] == "2"
 
 
 def test_distributed_env_port_override_and_same_port_for_all_tasks():
+    hosts = HOSTLISTS["node[01-04,07]"][:2]
     tasks = [slurm_task("node[01-02]", "2(x2)", 4, procid=r, nodeid=r // 2, localid=r % 2) for r in range(4)]
-    ports = {distributed_env(t)["MASTER_PORT"] for t in tasks}
+    ports = {distributed_env(t, hosts)["MASTER_PORT"] for t in tasks}
     assert len(ports) == 1
     assert 20000 <= int(ports.pop()) <= 60000
-    assert distributed_env({**tasks[0], "MASTER_PORT": "29123"})["MASTER_PORT"] == "29123"
+    assert distributed_env({**tasks[0], "MASTER_PORT": "29123"}, hosts)["MASTER_PORT"] == "29123"
 
 
 def test_distributed_env_array_job_port_follows_array_task():
     a = slurm_task("n1", "1", 1, 0, 0, 0, SLURM_ARRAY_JOB_ID="100", SLURM_ARRAY_TASK_ID="1")
     b = slurm_task("n1", "1", 1, 0, 0, 0, SLURM_ARRAY_JOB_ID="100", SLURM_ARRAY_TASK_ID="2")
-    assert distributed_env(a)["MASTER_PORT"] == str(master_port("100_1"))
-    assert distributed_env(a)["MASTER_PORT"] != distributed_env(b)["MASTER_PORT"]
+    assert distributed_env(a, ["n1"])["MASTER_PORT"] == str(master_port("100_1"))
+    assert distributed_env(a, ["n1"])["MASTER_PORT"] != distributed_env(b, ["n1"])["MASTER_PORT"]
 
 
 @pytest.mark.parametrize(
@@ -141,25 +167,28 @@ def test_distributed_env_array_job_port_follows_array_task():
         ({"SLURM_NODEID": "2"}, "SLURM_NODEID=2 is outside the node list"),
         ({"SLURM_NTASKS": "x", "SLURM_STEP_NUM_TASKS": "x"}, "SLURM_STEP_NUM_TASKS='x': expected an integer"),
         ({"SLURM_TASKS_PER_NODE": "3(x2)", "SLURM_STEP_TASKS_PER_NODE": "3(x2)"}, "adds up to 6 tasks"),
-        ({"SLURM_JOB_NODELIST": "n[2-1]", "SLURM_STEP_NODELIST": "n[2-1]"}, "runs backwards"),
+        ({"SLURM_JOB_NODELIST": "n[2-1]", "SLURM_STEP_NODELIST": "n[2-1]"}, "not a SLURM host list"),
+        # submitit expands `n[]` to one host `n`; the job has two nodes
+        ({"SLURM_JOB_NODELIST": "n[]"}, "'n[]' expands to 1 hosts, SLURM_JOB_NUM_NODES=2"),
+        ({"SLURM_JOB_NODELIST": ""}, "SLURM_JOB_NODELIST is not set"),
     ],
 )
-def test_distributed_env_errors(change, message):
+def test_distributed_env_errors(task_env, change, message):
+    task_env({**slurm_task("n[1-2]", "4(x2)", 8, 0, 0, 0), **change})
     with pytest.raises(ValueError, match=re.escape(message)):
-        distributed_env({**slurm_task("n[1-2]", "4(x2)", 8, 0, 0, 0), **change})
+        current_task_env()
 
 
-def test_distributed_env_agrees_with_submitit_helper(monkeypatch):
+def test_distributed_env_needs_the_node_list_of_a_slurm_task():
+    with pytest.raises(ValueError, match="needs the job's node list"):
+        distributed_env(slurm_task("n1", "1", 1, 0, 0, 0))
+
+
+def test_distributed_env_agrees_with_submitit_helper(task_env):
     """Same answer as submitit.helpers.TorchDistributedEnvironment where that helper applies (even layouts)."""
-    task = slurm_task("node[01-04,07]", "4(x5)", 20, procid=13, nodeid=3, localid=1, SLURM_JOB_NUM_NODES="5")
-    for key in list(os.environ):
-        if key.startswith(("SLURM_", "SUBMITIT_")) or key in ("MASTER_PORT", "MASTER_ADDR"):
-            monkeypatch.delenv(key)
-    for key, value in task.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    task_env(slurm_task("node[01-04,07]", "4(x5)", 20, procid=13, nodeid=3, localid=1))
     theirs = TorchDistributedEnvironment()
-    ours = distributed_env(task)
+    ours = current_task_env()
     assert ours["MASTER_ADDR"] == theirs.master_addr
     assert int(ours["MASTER_PORT"]) == theirs.master_port
     assert int(ours["RANK"]) == theirs.rank
