@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -128,12 +128,53 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the jobs --------------------------------------------------------------------------------------------------
 
 
-class Stopped(BaseException):
-    """SIGTERM (preemption, scancel, scontrol requeue) while converting; BaseException so no handler eats it."""
+def exit_now(code: int, message: str = "") -> NoReturn:
+    """Leave the process at once, from anywhere (a signal handler inside a C callback included).
+
+    Safe because the writer is: finished shards are fsynced and journaled before anything else happens, and
+    a resumed task drops whatever the journal does not vouch for. An exception raised by a signal handler
+    would not be: one that lands in a C callback (soundfile's I/O) is printed and ignored.
+    """
+    if message:
+        print(message, flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
-def _stop(signum: int, frame: types.FrameType | None) -> None:
-    raise Stopped(signal.Signals(signum).name)
+@dataclass
+class StopSignals:
+    """A task's signal handlers: SIGTERM exits (75); the time-limit signal runs submitit's requeue, then exits."""
+
+    name: str
+    time_limit: signal.Signals
+    requeue: Callable[[int, types.FrameType | None], object] | int | None
+
+    @classmethod
+    def install(cls, name: str) -> StopSignals:
+        time_limit = signal.Signals(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG))
+        handlers = cls(name, time_limit, signal.getsignal(time_limit))
+        signal.signal(signal.SIGTERM, handlers.on_term)
+        if time_limit != signal.SIGTERM:
+            signal.signal(time_limit, handlers.on_time_limit)
+        return handlers
+
+    def on_term(self, signum: int, frame: types.FrameType | None) -> None:
+        exit_now(
+            EXIT_PREEMPTED,
+            f"[convert] {self.name}: stopped by SIGTERM; finished shards are kept, a rerun resumes",
+        )
+
+    def on_time_limit(self, signum: int, frame: types.FrameType | None) -> None:
+        print(f"[convert] {self.name}: time limit; requeueing, the next run resumes", flush=True)
+        try:
+            if callable(self.requeue):
+                self.requeue(signum, frame)  # submitit: checkpoint() -> DelayedSubmission, requeue, sys.exit
+        except SystemExit as e:
+            exit_now(e.code if isinstance(e.code, int) else 1)
+        except BaseException as e:  # e.g. no requeue left: submitit says why
+            exit_now(1, f"[convert] {self.name}: not requeued: {e}")
+        exit_now(EXIT_PREEMPTED)
 
 
 @dataclass
@@ -154,9 +195,7 @@ class ConvertTask:
         return f"{self.source.name}/{self.split} task {self.part.task}/{self.part.tasks}"
 
     def __call__(self) -> dict[str, Any]:
-        # The time-limit signal stays submitit's (checkpoint + requeue); SIGTERM stops at once: every finished
-        # shard is journaled, so the next run resumes after it, whoever ends this one.
-        signal.signal(signal.SIGTERM, _stop)
+        StopSignals.install(self.name)
         restarts = max(self.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
         part = self.part
         print(
@@ -178,22 +217,15 @@ class ConvertTask:
                     flush=True,
                 )
 
-        try:
-            result = convert(
-                self.source,
-                self.split,
-                self.out,
-                **self.options.kwargs(),
-                workers=self.workers,
-                on_progress=progress,
-                part=part,
-            )
-        except Stopped as e:
-            print(
-                f"[convert] {self.name}: stopped by {e}; finished shards are kept and a rerun resumes",
-                flush=True,
-            )
-            sys.exit(EXIT_PREEMPTED)
+        result = convert(
+            self.source,
+            self.split,
+            self.out,
+            **self.options.kwargs(),
+            workers=self.workers,
+            on_progress=progress,
+            part=part,
+        )
         wall = time.monotonic() - t0
         resumed = f", resumed after {result.resumed_shards} shards" if result.resumed_shards else ""
         print(
@@ -316,7 +348,7 @@ def dry_run_text(
         ]
     merge = {**params, "job_name": f"{params['job_name']}-merge"}
     if tasks:
-        merge["dependency"] = "afterany:<job id of the conversion>"
+        merge["dependency"] = "afterany:CONVERSION_JOB_ID"
     out += ["\n# the merge and verification", _make_sbatch_string(command=command, folder=folder, **merge)]
     return "\n".join(out)
 
