@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import io
 import os
+import resource
 import signal
 import socket
 import sys
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the jobs --------------------------------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children (the conversion's worker processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def exit_now(code: int, message: str = "") -> NoReturn:
     """Leave the process at once, from anywhere (a signal handler inside a C callback included).
 
@@ -203,7 +210,7 @@ class ConvertTask:
             f"{part.entries}, {self.workers} workers, run {restarts + 1}",
             flush=True,
         )
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_seconds()
         last = [t0]
 
         def progress(entries: int, samples: int, seconds: float) -> None:
@@ -242,6 +249,7 @@ class ConvertTask:
             "num_shards": result.num_shards,
             "audio_seconds": result.total_seconds,
             "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(cpu_seconds() - cpu0, 3),
             "resumed_shards": result.resumed_shards,
         }
 
