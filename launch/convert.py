@@ -44,7 +44,7 @@ from shards.convert import ConvertError, convert
 from shards.parts import ConvertOptions, SplitPlan, merge_split, plan_split
 from shards.sources import SOURCES, Source, SourceError
 from shards.verify import verify_split
-from shards.writer import Part, PartsMissing, WriterError, write_plan
+from shards.writer import Part, PartsMissing, WriterError, remove_part_files, write_plan
 from trainer.config import ConfigError
 
 PROG = "python -m launch.convert"
@@ -297,6 +297,10 @@ class MergeJob:
             raise ConvertError("; ".join(errors))
         return done
 
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """At the time limit (a long verification): run again; merged splits are kept and verified again."""
+        return submitit.helpers.DelayedSubmission(self)
+
 
 # -- planning and submission -----------------------------------------------------------------------------------
 
@@ -483,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(dry_run_text(plans, tasks, params, folder, cluster.python))
         return 0
     print(describe_plan(plans), flush=True)
+    for plan in plans:
+        if plan.complete:  # a merge stopped between writing manifest.json and removing the bookkeeping
+            remove_part_files(plan.out_dir)
     if not pending:
         return 1 if errors else 0
     for plan in pending:

@@ -310,7 +310,9 @@ def write_plan(split_dir: str | os.PathLike, plan: dict[str, Any]) -> None:
 def remove_part_files(split_dir: str | os.PathLike) -> None:
     """Drop the bookkeeping of a conversion in tasks (after manifest.json is written)."""
     for p in Path(split_dir).iterdir():
-        if PART_FILES.match(p.name) or (p.name.endswith(TMP_SUFFIX) and PART_FILES.match(p.name[:-4])):
+        if PART_FILES.match(p.name) or (
+            p.name.endswith(TMP_SUFFIX) and PART_FILES.match(p.name[: -len(TMP_SUFFIX)])
+        ):
             p.unlink(missing_ok=True)
 
 
