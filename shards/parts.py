@@ -41,6 +41,9 @@ from shards.writer import (
     remove_part_files,
 )
 
+SUMMED_FIELDS: tuple[str, ...] = ()
+"""Manifest fields a conversion counts over its samples (int or {name: int}); the merge adds up the parts'."""
+
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -187,4 +190,6 @@ def merge_split(source: Source, split: str, out: str | Path, options: ConvertOpt
         )
     parts = partition(plan["entries"], plan["tasks"])
     extra = source.manifest_extra(split, keys)
-    return merge_parts(out_dir, source.name, split, options.sample_rate, settings, parts, extra)
+    return merge_parts(
+        out_dir, source.name, split, options.sample_rate, settings, parts, extra, SUMMED_FIELDS
+    )

@@ -324,12 +324,14 @@ def merge_parts(
     settings: dict[str, Any],
     parts: Sequence[Part],
     extra_manifest: dict[str, Any] | None = None,
+    summed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Concatenate the finished parts, in task order, into the split's manifest.json; returns it.
 
     `settings` are the writers' settings (what every part manifest must carry). Parts over no entries
-    need no part manifest. PartsMissing names the tasks still to run; nothing is written then. The part
-    files are removed once manifest.json is in place.
+    need no part manifest. `summed` names manifest fields that count something over the samples (an int,
+    or a {name: int} table) and so add up over the parts. PartsMissing names the tasks still to run;
+    nothing is written then. The part files are removed once manifest.json is in place.
     """
     split_dir = Path(split_dir)
     with DirLock(split_dir / MERGE_LOCK, f"the merge of {dataset}/{split}"):
@@ -382,10 +384,25 @@ def merge_parts(
         if clash:
             raise ValueError(f"extra_manifest may not set {sorted(clash)}")
         manifest.update(extra_manifest or {})
+        for name in summed:
+            manifest[name] = sum_counts([m[name] for m in found if name in m], f"{split_dir}: {name}")
         write_json_atomic(split_dir / MANIFEST, manifest)
         remove_part_files(split_dir)
     (split_dir / MERGE_LOCK).unlink(missing_ok=True)
     return manifest
+
+
+def sum_counts(values: Sequence[Any], what: str) -> Any:
+    """The sum of ints, or of {name: int} tables (keys sorted); ValueError for anything else."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    if all(isinstance(v, dict) and all(isinstance(n, int) for n in v.values()) for v in values):
+        total: dict[str, int] = {}
+        for v in values:
+            for k, n in v.items():
+                total[k] = total.get(k, 0) + n
+        return dict(sorted(total.items()))
+    raise ValueError(f"{what}: expected ints or {{name: int}} tables in every part, got {values!r}")
 
 
 class ShardWriter:

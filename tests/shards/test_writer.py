@@ -22,6 +22,7 @@ from shards.writer import (
     partition,
     read_manifest,
     read_part_manifest,
+    sum_counts,
 )
 
 RATE = 8000
@@ -300,3 +301,19 @@ def test_one_task_at_a_time_and_no_mixing_with_a_one_process_conversion(tmp_path
         raise KeyboardInterrupt
     with pytest.raises(WriterError, match="unfinished one-process conversion"):
         ShardWriter(one, "ds", "train", RATE, 2, part=part0)
+
+
+def test_counts_over_samples_add_up_over_parts(tmp_path):
+    samples = make_samples(4)
+    parts = partition(4, 2)
+    for part, counts in zip(parts, ({"Y{id}.wav": 2}, {"Y{id}.wav": 1, "{id}.flac": 1})):
+        with ShardWriter(tmp_path, "ds", "train", RATE, max_samples=2, part=part) as w:
+            w.extra_manifest.update({"namings": counts, "cut": part.task + 1})
+            for i in range(part.start, part.stop):
+                w.write(*samples[i])
+    settings = {"samples_per_shard": 2, "max_shard_bytes": 1_000_000_000}
+    merged = merge_parts(tmp_path, "ds", "train", RATE, settings, parts, summed=("namings", "cut"))
+    assert merged["namings"] == {"Y{id}.wav": 3, "{id}.flac": 1} and merged["cut"] == 3
+    assert sum_counts([1, 2], "x") == 3
+    with pytest.raises(ValueError, match="x: expected ints or"):
+        sum_counts([1, {"a": 1}], "x")

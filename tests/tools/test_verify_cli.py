@@ -158,9 +158,12 @@ def in_tasks(tmp_path_factory):
 
 def test_split_converted_in_tasks_passes_and_workers_give_the_same_report(in_tasks, tmp_path, capsys):
     names = [s["name"] for s in manifest_of(in_tasks)["shards"]]
-    assert names == ["clotho-development-0000-000000.tar", "clotho-development-0000-000001.tar"] + [
-        "clotho-development-0001-000000.tar"
+    expected = [
+        "clotho-development-0000-000000",
+        "clotho-development-0000-000001",
+        "clotho-development-0001-000000",
     ]
+    assert names == [f"{name}.tar" for name in expected]
     assert main([str(in_tasks), "--workers", "2"]) == 0
     assert capsys.readouterr().out.startswith(f"OK {in_tasks}: 3 samples in 3 shards")
     broken = Path(shutil.copytree(in_tasks, tmp_path / "clotho" / "development"))
