@@ -317,6 +317,12 @@ def describe_plan(plans: Sequence[SplitPlan]) -> str:
         sizes = [p.stop - p.start for p in plan.parts]
         each = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
         state = "all tasks finished, to merge" if not todo else f"tasks to run: {_ranges(todo)}"
+        if plan.running:
+            running = ", ".join(f"{t} ({who})" for t, who in sorted(plan.running.items()))
+            state = (
+                f"{state if todo else 'nothing to submit'}; running now: {running} — their own merge job "
+                f"completes the split (rerun this command if it does not)"
+            )
         lines.append(f"{where}: {plan.entries} entries, {plan.tasks} tasks of {each} entries; {state}")
     return "\n".join(lines)
 
@@ -469,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: warning: {line} (not converted)", file=sys.stderr)
     folder = out / args.dataset / "submitit"
     tasks = [ConvertTask(source, p.split, out, options, part, workers) for p in plans for part in p.todo]
-    pending = [p for p in plans if not p.complete]
+    # a split whose missing tasks all run now (an earlier submission) is left to that submission's merge job
+    pending = [p for p in plans if not p.complete and (p.todo or not p.running)]
     merge = MergeJob(source, [p.split for p in pending], out, options, verify_workers=workers)
     params: dict[str, Any] = {}
     if cluster is not None:
@@ -492,8 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_part_files(plan.out_dir)
     if not pending:
         return 1 if errors else 0
-    for plan in pending:
-        if not plan.recorded:
+    for plan in plans:
+        if not plan.complete and not plan.recorded:
             write_plan(plan.out_dir, plan.record)
     if cluster is None:
         code = run_local(tasks, merge, folder)

@@ -31,9 +31,11 @@ from shards.convert import (
 from shards.schema import KeyAllocator
 from shards.sources.base import Item, Source
 from shards.writer import (
+    DirLock,
     Part,
     describe_difference,
     merge_parts,
+    part_lock,
     partition,
     read_manifest,
     read_part_manifest,
@@ -80,7 +82,9 @@ class SplitPlan:
     complete: bool = False
     parts: list[Part] = field(default_factory=list)
     todo: list[Part] = field(default_factory=list)
-    """Parts over at least one entry whose part manifest is not written yet."""
+    """Parts over at least one entry whose part manifest is not written yet and that nobody is converting."""
+    running: dict[int, str] = field(default_factory=dict)
+    """Tasks whose lock is held right now (a run of an earlier submission): task -> "pid N on HOST"."""
     record: dict[str, Any] = field(default_factory=dict)
     """What `.tasks.json` holds for this plan."""
     recorded: bool = False
@@ -155,7 +159,14 @@ def plan_split(source: Source, split: str, out: str | Path, options: ConvertOpti
             f"`python -m tools.convert`, or delete that folder to convert it in tasks"
         )
     plan.parts = partition(plan.entries, tasks)
-    plan.todo = [p for p in plan.parts if not p.empty and read_part_manifest(out_dir, p.task) is None]
+    for part in plan.parts:
+        if part.empty or read_part_manifest(out_dir, part.task) is not None:
+            continue
+        holder = DirLock(out_dir / part_lock(part.task), "").holder() if out_dir.is_dir() else None
+        if holder is None:
+            plan.todo.append(part)
+        else:
+            plan.running[part.task] = holder
     return plan
 
 

@@ -148,6 +148,22 @@ class DirLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
+    def holder(self) -> str | None:
+        """Who holds the lock now ("pid N on HOST"), or None when nobody does (a look; takes nothing)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise
+        finally:
+            os.close(fd)  # also drops the shared lock taken to look
+        return None
+
     def __enter__(self) -> DirLock:
         return self.acquire()
 

@@ -15,7 +15,7 @@ from shards.convert import convert
 from shards.mixing import MixedStream
 from shards.parts import ConvertOptions, plan_split
 from shards.sources.clotho import Clotho
-from shards.writer import Part, read_part_manifest, write_plan
+from shards.writer import DirLock, Part, read_part_manifest, write_plan
 from tests.launch.convert_data import (
     OPTIONS,
     RATE,
@@ -225,3 +225,32 @@ def test_other_task_count_on_a_started_split_is_refused(raw, tmp_path, capsys):
 
     assert tools_convert(["clotho", *args[1:]]) == 2
     assert "is being converted in tasks" in capsys.readouterr().err
+
+
+def test_a_task_running_now_is_not_submitted_again(raw, tmp_path, capsys):
+    """Rerun while task 1 of an earlier submission still runs (holds its lock): it is named, not duplicated."""
+    source, options = Clotho(raw / "clotho"), ConvertOptions(sample_rate=RATE, samples_per_shard=2)
+    plan = plan_split(source, "validation", tmp_path, options, 2)
+    write_plan(plan.out_dir, plan.record)
+    convert(source, "validation", tmp_path, **options.kwargs(), part=plan.parts[0])
+    lock = DirLock(plan.out_dir / ".lock-0001", "task 1").acquire()
+    try:
+        args = [
+            "clotho",
+            "--src",
+            str(raw / "clotho"),
+            "--out",
+            str(tmp_path),
+            "--split",
+            "validation",
+            *OPTIONS,
+        ]
+        assert main([*args, "--local", "--tasks", "2"]) == 0
+        out = capsys.readouterr().out
+        assert f"nothing to submit; running now: 1 (pid {os.getpid()} on " in out
+        assert "(log " not in out and not (plan.out_dir / "manifest.json").exists()
+    finally:
+        lock.release()
+    assert main([*args, "--local", "--tasks", "2"]) == 0
+    assert "tasks to run: 1\n" in capsys.readouterr().out
+    assert content(plan.out_dir)["manifest"]["num_samples"] == 5
