@@ -12,6 +12,10 @@ Resume: each finished shard's journal line carries a cursor ``{"entries": n, "do
 re-lists the entries without decoding the first n, checks that entry i is still `id` (else the source
 changed), drops the first k samples of entry n and goes on, so shards and manifest come out exactly as
 from an uninterrupted run.
+
+In tasks (launch.convert): ``convert(..., part=Part(i, N, entries))`` converts only the entries
+[start, stop) of the listing (keys are still allocated over the whole listing before them, so they are
+those of a one-process run) and finishes with a part manifest; :mod:`shards.parts` merges the parts.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,15 @@ import soundfile as sf
 from shards.audio import AudioError, audio_info, encode_flac, iter_segments, read_audio
 from shards.schema import KeyAllocator, Region, Sample, SchemaError, validate_sample
 from shards.sources.base import Item, Skip, Source
-from shards.writer import JOURNAL, TMP_SUFFIX, ShardWriter, describe_difference, read_manifest
+from shards.writer import (
+    JOURNAL,
+    TMP_SUFFIX,
+    Part,
+    ShardWriter,
+    describe_difference,
+    read_manifest,
+    read_part_manifest,
+)
 
 DEFAULT_SAMPLE_RATE = 32000
 DEFAULT_MAX_SECONDS = 60.0
@@ -315,10 +327,12 @@ def convert(
     workers: int = 1,
     limit: int | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
+    part: Part | None = None,
 ) -> ConvertResult:
     """Convert one split of `source` into OUT/DATASET/SPLIT; resumes an interrupted run of the same options.
 
     `limit` stops after that many samples; `on_progress(entries, samples, seconds)` is called per entry.
+    `part` converts only that task's share of the listing, into its part (see shards.parts).
     Raises SourceError for a wrong layout, ConvertError for an output folder it must not touch.
     """
     t0 = time.monotonic()
@@ -333,10 +347,14 @@ def convert(
         )
     if limit is not None and limit < 1:
         raise ConvertError(f"limit must be >= 1, got {limit}")
+    if limit is not None and part is not None:
+        raise ConvertError("limit cannot be combined with a conversion in tasks")
     dataset = source.name
     out_dir = Path(out) / dataset / split
     settings = conversion_settings(source, max_seconds, limit)
     done = _finished(out_dir, sample_rate, samples_per_shard, max_shard_bytes, settings)
+    if done is None and part is not None:
+        done = _finished_part(out_dir, part, sample_rate, samples_per_shard, max_shard_bytes, settings)
     if done is not None:
         done.wall_seconds = time.monotonic() - t0
         return done
@@ -346,14 +364,15 @@ def convert(
     listing = entries if first is None else _chain(first, entries)
     keys: dict[str, str] = {}
     with ShardWriter(
-        out_dir, dataset, split, sample_rate, samples_per_shard, max_shard_bytes, settings=settings
+        out_dir, dataset, split, sample_rate, samples_per_shard, max_shard_bytes, settings=settings, part=part
     ) as writer:
-        cursor = writer.cursor or {"entries": 0, "done": 0, "index": -1, "id": None}
+        start = 0 if part is None else part.start
+        cursor = writer.cursor or {"entries": start, "done": 0, "index": -1, "id": None}
 
         def make_job(item: Item, key: str) -> Job:
             return Job(item, key, dataset, split, sample_rate, max_seconds, source.src)
 
-        tasks = _tasks(listing, cursor, keys, dataset, make_job)
+        tasks = _tasks(listing, cursor, keys, dataset, make_job, None if part is None else part.stop)
         seen = 0
         for index, entry, job, result in ordered_results(tasks, workers):
             seen = index + 1
@@ -366,7 +385,8 @@ def convert(
                 _write_item(writer, index, entry, samples, error, cursor, limit)
             if on_progress:
                 on_progress(seen, writer.num_samples, writer.total_seconds)
-        writer.extra_manifest.update(source.manifest_extra(split, keys))
+        if part is None:  # a conversion in tasks gets these when its parts are merged
+            writer.extra_manifest.update(source.manifest_extra(split, keys))
         manifest = writer.close()
     return ConvertResult(
         dataset=dataset,
@@ -425,12 +445,19 @@ def _tasks(
     keys: dict[str, str],
     dataset: str,
     make_job: Callable[[Item, str], Job],
+    stop: int | None = None,
 ) -> Iterator[Task]:
-    """Number the entries, allocate keys, turn duplicates into skips and drop what resumed shards hold."""
+    """Number the entries, allocate keys, turn duplicates into skips and drop what resumed shards hold.
+
+    `stop`: the listing is read up to that entry only (a task's share ends there).
+    """
     allocate = KeyAllocator()
     start, boundary, boundary_id = cursor["entries"], cursor["index"], cursor["id"]
     index = -1
     for index, entry in enumerate(entries):
+        if stop is not None and index >= stop:
+            index -= 1
+            break
         if index == boundary and entry.source_id != boundary_id:
             raise ConvertError(
                 f"the source changed since the interrupted run: entry #{index} is {entry.source_id!r}, was "
@@ -453,6 +480,46 @@ def _tasks(
             f"interrupted run had written up to entry #{boundary} ({boundary_id!r}); delete the output "
             f"split folder to convert again"
         )
+    if stop is not None and index + 1 < stop:
+        raise ConvertError(
+            f"the source changed since the conversion was planned: it now lists {index + 1} entries, this "
+            f"task was to convert up to entry #{stop - 1}; delete the output split folder to convert again"
+        )
+
+
+def _finished_part(
+    out_dir: Path,
+    part: Part,
+    sample_rate: int,
+    samples_per_shard: int,
+    max_shard_bytes: int,
+    settings: dict[str, Any],
+) -> ConvertResult | None:
+    """A ConvertResult if this task's part is finished already; ConvertError if with other options."""
+    manifest = read_part_manifest(out_dir, part.task)
+    if manifest is None:
+        return None
+    expected = {
+        "sample_rate": sample_rate,
+        "settings": {"samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes, **settings},
+        "part": asdict(part),
+    }
+    found = {k: manifest.get(k) for k in expected}
+    if found != json.loads(json.dumps(expected)):
+        raise ConvertError(
+            f"{out_dir}: task {part.task} finished with other options ({describe_difference(found, expected)});"
+            f" delete that folder to convert again"
+        )
+    return ConvertResult(
+        dataset=manifest["dataset"],
+        split=manifest["split"],
+        out_dir=out_dir,
+        status="complete",
+        num_samples=manifest["num_samples"],
+        num_shards=len(manifest["shards"]),
+        total_seconds=manifest["total_seconds"],
+        skipped=manifest["skipped"],
+    )
 
 
 def _write_item(

@@ -1,24 +1,29 @@
 """Re-read a converted split and check it against its manifest and the shard format.
 
 Checks: every listed shard exists with the listed size and sha256; no stray files (temp files, a
-progress journal, unlisted shards); each shard holds ``KEY.flac`` + ``KEY.json`` pairs, adjacent, keys
-unique in the split; every JSON validates and matches the manifest's dataset/split/sample_rate; every
-FLAC decodes at that rate and lasts its ``duration``; per-shard and total counts and seconds add up.
+progress journal, the bookkeeping of an unfinished conversion in tasks, unlisted shards); each shard
+holds ``KEY.flac`` + ``KEY.json`` pairs, adjacent, keys unique in the split; every JSON validates and
+matches the manifest's dataset/split/sample_rate; every FLAC decodes at that rate and lasts its
+``duration``; per-shard and total counts and seconds add up.
+
+Shards are checked one by one, or by `workers` processes in parallel (the same report, in the same
+order: results are taken in manifest order and keys are compared across shards in this process).
 """
 
 from __future__ import annotations
 
 import json
-import re
+import multiprocessing
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shards.audio import AudioError, decode_flac
 from shards.schema import Sample, SchemaError
-from shards.writer import JOURNAL, MANIFEST, TMP_SUFFIX, file_sha256
+from shards.writer import JOURNAL, MANIFEST, PART_FILES, PLAN, TMP_SUFFIX, file_sha256, shard_pattern
 
 MANIFEST_FIELDS = ("dataset", "split", "sample_rate", "num_samples", "total_seconds", "shards", "skipped")
 SHARD_FIELDS = ("name", "num_samples", "seconds", "bytes", "sha256")
@@ -41,20 +46,38 @@ def _close(a: float, b: float, tol: float) -> bool:
     return abs(a - b) <= tol
 
 
+@dataclass
+class ShardCheck:
+    """What checking one shard found."""
+
+    count: int
+    seconds: float
+    keys: list[str]
+    problems: list[str]
+
+
 def verify_split(
-    split_dir: str | Path, decode_audio: bool = True, on_shard: Callable[[str], None] | None = None
+    split_dir: str | Path,
+    decode_audio: bool = True,
+    on_shard: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> VerifyReport:
-    """Check OUT/DATASET/SPLIT; every problem found is listed in the report (none: it is sound)."""
+    """Check OUT/DATASET/SPLIT; every problem found is listed in the report (none: it is sound).
+
+    `workers` > 1 checks that many shards at a time in worker processes; the report is the same.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     split_dir = Path(split_dir)
     report = VerifyReport(split_dir)
     problems = report.problems
     manifest_path = split_dir / MANIFEST
     if not manifest_path.is_file():
-        hint = (
-            " (conversion unfinished: rerun tools.convert to resume)"
-            if (split_dir / JOURNAL).exists()
-            else ""
-        )
+        hint = ""
+        if (split_dir / JOURNAL).exists():
+            hint = " (conversion unfinished: rerun tools.convert to resume)"
+        elif (split_dir / PLAN).exists():
+            hint = " (conversion in tasks unfinished: rerun the same launch.convert command to complete it)"
         problems.append(f"{manifest_path}: missing{hint}")
         return report
     try:
@@ -72,11 +95,13 @@ def verify_split(
     ):
         problems.append(f"{manifest_path}: 'shards' must be a list of {{{', '.join(SHARD_FIELDS)}}}")
         return report
-    pattern = re.compile(rf"^{re.escape(manifest['dataset'])}-{re.escape(manifest['split'])}-\d{{6}}\.tar$")
+    pattern = shard_pattern(str(manifest["dataset"]), str(manifest["split"]))
     listed = {s["name"] for s in shards}
     for p in sorted(split_dir.iterdir()):
         if p.name.endswith(TMP_SUFFIX) or p.name == JOURNAL:
             problems.append(f"{p.name}: stray file left by an interrupted run")
+        elif PART_FILES.match(p.name):
+            problems.append(f"{p.name}: stray file left by an unfinished conversion in tasks")
         elif p.name.endswith(".tar") and p.name not in listed:
             problems.append(f"{p.name}: shard not listed in {MANIFEST}")
     for i, s in enumerate(manifest["skipped"] if isinstance(manifest["skipped"], list) else [None]):
@@ -88,17 +113,24 @@ def verify_split(
             problems.append(f"{MANIFEST}: skipped[{i}] must be {{source_id, reason}}, got {s!r}")
             break
     keys: set[str] = set()
-    for info in shards:
+    header = {k: manifest[k] for k in ("dataset", "split", "sample_rate")}
+    jobs = [(split_dir / info["name"], info, header, decode_audio) for info in shards]
+    for info, check in zip(shards, _check_all(jobs, workers)):
         if not pattern.match(info["name"]):
             problems.append(
-                f"{info['name']}: name does not follow {manifest['dataset']}-{manifest['split']}-NNNNNN.tar"
+                f"{info['name']}: name does not follow {manifest['dataset']}-{manifest['split']}-NNNNNN.tar "
+                f"(or -TTTT-NNNNNN.tar for task TTTT)"
             )
         if on_shard:
             on_shard(info["name"])
-        count, seconds = _verify_shard(split_dir / info["name"], info, manifest, keys, decode_audio, problems)
+        problems.extend(check.problems)
+        for key in check.keys:
+            if key in keys:
+                problems.append(f"{info['name']}: key {key!r} appears more than once in the split")
+            keys.add(key)
         report.num_shards += 1
-        report.num_samples += count
-        report.total_seconds += seconds
+        report.num_samples += check.count
+        report.total_seconds += check.seconds
     if report.num_samples != manifest["num_samples"]:
         problems.append(
             f"{MANIFEST}: num_samples is {manifest['num_samples']}, the shards hold {report.num_samples}"
@@ -111,15 +143,34 @@ def verify_split(
     return report
 
 
+def _check_all(
+    jobs: list[tuple[Path, dict[str, Any], dict[str, Any], bool]], workers: int
+) -> Iterator[ShardCheck]:
+    """check_shard over `jobs`, results in order: in this process, or in `workers` worker processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from (check_shard(*job) for job in jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(check_shard, *zip(*jobs), chunksize=1)
+
+
+def check_shard(path: Path, info: dict[str, Any], manifest: dict[str, Any], decode_audio: bool) -> ShardCheck:
+    """Check one shard against its manifest entry (and `manifest`'s dataset/split/sample_rate)."""
+    problems: list[str] = []
+    keys: list[str] = []
+    count, seconds = _verify_shard(path, info, manifest, keys, decode_audio, problems)
+    return ShardCheck(count, seconds, keys, problems)
+
+
 def _verify_shard(
     path: Path,
     info: dict[str, Any],
     manifest: dict[str, Any],
-    keys: set[str],
+    keys: list[str],
     decode_audio: bool,
     problems: list[str],
 ) -> tuple[int, float]:
-    """Check one shard; returns (samples, seconds) found in it."""
+    """Check one shard; returns (samples, seconds) found in it and appends its keys, in order, to `keys`."""
     name = info["name"]
     if not path.is_file():
         problems.append(f"{name}: listed in {MANIFEST} but missing")
@@ -133,9 +184,7 @@ def _verify_shard(
     try:
         members = _pairs(path, name, problems)
         for key, parts in members:
-            if key in keys:
-                problems.append(f"{name}: key {key!r} appears more than once in the split")
-            keys.add(key)
+            keys.append(key)
             if set(parts) != {"flac", "json"}:
                 problems.append(f"{name}: sample {key!r} has members {sorted(parts)}, expected flac and json")
                 continue

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result.get("rows", [])))
     if result.get("ratio") is not None:
         print(f"ratio (ours / baseline): {result['ratio']:.3f}")
+    for key, value in result.items():  # further headline figures a benchmark reports (e.g. task_scaling)
+        if key not in ("rows", "ratio") and isinstance(value, (int, float)):
+            print(f"{key}: {value:.3f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Check converted splits against their manifests and the shard format.
 
-    python -m tools.verify OUT/DATASET/SPLIT [OUT/DATASET/SPLIT ...] [--no-audio]
+    python -m tools.verify OUT/DATASET/SPLIT [OUT/DATASET/SPLIT ...] [--no-audio] [--workers K]
 
 Exit status 0 when every split is sound, 1 when problems were found (the first ones are listed),
 2 for a path that is not a folder.
@@ -9,6 +9,7 @@ Exit status 0 when every split is sound, 1 when problems were found (the first o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shards.verify import verify_split
-from tools.convert import OneLineParser
+from tools.convert import OneLineParser, positive_int
 
 PROG = "python -m tools.verify"
 
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-problems", type=int, default=20, help="problems listed per split (default %(default)s)"
     )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help=f"shards checked in parallel by this many processes (same results; this machine has "
+        f"{os.cpu_count()} cores; default %(default)s)",
+    )
     return parser
 
 
@@ -42,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     for d in args.split_dirs:
         with tqdm(desc=str(d), unit=" shards", disable=not sys.stdout.isatty(), file=sys.stdout) as bar:
-            report = verify_split(d, decode_audio=not args.no_audio, on_shard=lambda _: bar.update())
+            report = verify_split(
+                d, decode_audio=not args.no_audio, on_shard=lambda _: bar.update(), workers=args.workers
+            )
         hours = report.total_seconds / 3600
         what = f"{report.num_samples} samples in {report.num_shards} shards, {hours:.2f} h of audio"
         if report.ok:

@@ -11,7 +11,19 @@ import pytest
 
 from shards.audio import decode_flac, encode_flac
 from shards.schema import Region, Sample, SchemaError
-from shards.writer import JOURNAL, MANIFEST, ShardWriter, WriterError, read_manifest
+from shards.writer import (
+    JOURNAL,
+    MANIFEST,
+    Part,
+    PartsMissing,
+    ShardWriter,
+    WriterError,
+    merge_parts,
+    partition,
+    read_manifest,
+    read_part_manifest,
+    sum_counts,
+)
 
 RATE = 8000
 
@@ -177,3 +189,131 @@ def test_rejects_bad_samples(tmp_path):
             w.write(t, flac2)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["num_samples"] == 1
+
+
+# -- a split written by several tasks ------------------------------------------------------------------------
+
+
+def write_part(out_dir, part, samples, max_samples=2):
+    """Task `part.task` writes its range of `samples` (entry i = sample i) and closes its part."""
+    with ShardWriter(out_dir, "ds", "train", RATE, max_samples=max_samples, part=part) as w:
+        for i in range(part.start, part.stop):
+            w.write(*samples[i], cursor={"n": i + 1})
+
+
+def test_partition_is_contiguous_and_balanced():
+    parts = partition(10, 4)
+    assert [(p.start, p.stop) for p in parts] == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert [(p.start, p.stop) for p in partition(2, 3)] == [(0, 0), (0, 1), (1, 2)]
+    assert partition(2, 3)[0].empty and not partition(2, 3)[1].empty
+    with pytest.raises(ValueError, match="bad part: task 3 of 3"):
+        Part(3, 3, 10)
+
+
+def test_parts_merge_into_the_manifest_of_one_writer(tmp_path):
+    """Three tasks' parts, merged, list the same samples, seconds and skips as one writer; names carry the task."""
+    samples = make_samples(7)
+    reference = write_all(tmp_path / "one", samples, max_samples=2)
+    parts = partition(7, 3)
+    out = tmp_path / "tasks"
+    for part in reversed(parts):  # the order tasks finish in does not matter
+        write_part(out, part, samples)
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock-0000",
+        ".lock-0001",
+        ".lock-0002",
+        ".part-0000.json",
+        ".part-0001.json",
+        ".part-0002.json",
+        "ds-train-0000-000000.tar",
+        "ds-train-0001-000000.tar",
+        "ds-train-0002-000000.tar",
+        "ds-train-0002-000001.tar",
+    ]
+    settings = {"samples_per_shard": 2, "max_shard_bytes": 1_000_000_000}
+    merged = merge_parts(out, "ds", "train", RATE, settings, parts, {"note": "extra"})
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the bookkeeping is gone
+    assert read_manifest(out) == merged and merged["note"] == "extra"
+    assert [s["num_samples"] for s in merged["shards"]] == [2, 2, 2, 1]
+    for k in ("num_samples", "total_seconds", "skipped", "settings", "dataset", "split", "sample_rate"):
+        assert merged[k] == reference[k], k
+    keys = []
+    for info in merged["shards"]:
+        with tarfile.open(out / info["name"]) as tar:
+            keys += [m.name for m in tar]
+    assert keys == [f"ds-clip_{i}.{ext}" for i in range(7) for ext in ("flac", "json")]
+
+
+def test_merge_names_the_missing_tasks_and_writes_nothing(tmp_path):
+    samples = make_samples(6)
+    parts = partition(6, 3)
+    write_part(tmp_path, parts[1], samples)
+    with pytest.raises(PartsMissing, match=r"ds/train: task\(s\) 0, 2 of 3 have not finished") as e:
+        merge_parts(tmp_path, "ds", "train", RATE, {"samples_per_shard": 2, "max_shard_bytes": 10**9}, parts)
+    assert e.value.tasks == [0, 2] and not (tmp_path / MANIFEST).exists()
+    with pytest.raises(WriterError, match="written with other options"):
+        merge_parts(
+            tmp_path, "ds", "train", RATE, {"samples_per_shard": 3, "max_shard_bytes": 10**9}, parts[1:2]
+        )
+
+
+def test_a_task_resumes_its_own_part_and_leaves_the_others_alone(tmp_path):
+    samples = make_samples(8)
+    part0 = partition(8, 2)[0]
+    # task 1 is running (its temp shard exists) while task 0 is killed after one finished shard
+    (tmp_path / "ds-train-0001-000000.tar.tmp").write_bytes(b"task 1 writing")
+    with pytest.raises(KeyboardInterrupt), ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part0) as w:
+        for i in range(3):
+            w.write(*samples[i], cursor={"n": i + 1})
+        raise KeyboardInterrupt
+    assert (tmp_path / ".progress-0000.jsonl").is_file() and not (tmp_path / ".part-0000.json").exists()
+    (tmp_path / "ds-train-0000-000001.tar.tmp").write_bytes(b"what the kill left")
+    with ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part0) as w:
+        assert w.resumed_shards == 1 and w.cursor == {"n": 2}
+        assert not (tmp_path / "ds-train-0000-000001.tar.tmp").exists()  # its own leftover: dropped
+        assert (tmp_path / "ds-train-0001-000000.tar.tmp").exists()  # task 1's: untouched
+        for i in range(2, 4):
+            w.write(*samples[i], cursor={"n": i + 1})
+    assert read_part_manifest(tmp_path, 0)["num_samples"] == 4
+    assert read_part_manifest(tmp_path, 0)["part"] == {"task": 0, "tasks": 2, "entries": 8}
+
+
+def test_one_task_at_a_time_and_no_mixing_with_a_one_process_conversion(tmp_path):
+    samples = make_samples(4)
+    part0, part1 = partition(4, 2)
+    first = ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part0)
+    with pytest.raises(WriterError, match=r"task 0 of ds/train is being written by pid \d+ on "):
+        ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part0)
+    ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part1).abort()  # another task runs beside it
+    with pytest.raises(WriterError, match="is being converted in tasks"):
+        ShardWriter(tmp_path, "ds", "train", RATE, 2)
+    first.abort()
+    write_part(tmp_path, part0, samples)
+    with pytest.raises(WriterError, match=r"task 0 of .* is already complete"):
+        ShardWriter(tmp_path, "ds", "train", RATE, 2, part=part0)
+    with pytest.raises(
+        WriterError, match=r"\.progress-0001\.jsonl belongs to a conversion with other options"
+    ):
+        ShardWriter(tmp_path, "ds", "train", RATE, 2, part=Part(1, 2, 5))  # task 1's journal: 4 entries
+    one = tmp_path / "one"
+    with pytest.raises(KeyboardInterrupt), ShardWriter(one, "ds", "train", RATE, 2) as w:
+        w.write(*samples[0])
+        raise KeyboardInterrupt
+    with pytest.raises(WriterError, match="unfinished one-process conversion"):
+        ShardWriter(one, "ds", "train", RATE, 2, part=part0)
+
+
+def test_counts_over_samples_add_up_over_parts(tmp_path):
+    samples = make_samples(4)
+    parts = partition(4, 2)
+    for part, counts in zip(parts, ({"Y{id}.wav": 2}, {"Y{id}.wav": 1, "{id}.flac": 1})):
+        with ShardWriter(tmp_path, "ds", "train", RATE, max_samples=2, part=part) as w:
+            w.extra_manifest.update({"namings": counts, "cut": part.task + 1})
+            for i in range(part.start, part.stop):
+                w.write(*samples[i])
+    settings = {"samples_per_shard": 2, "max_shard_bytes": 1_000_000_000}
+    merged = merge_parts(tmp_path, "ds", "train", RATE, settings, parts, summed=("namings", "cut"))
+    assert merged["namings"] == {"Y{id}.wav": 3, "{id}.flac": 1} and merged["cut"] == 3
+    assert sum_counts([1, 2], "x") == 3
+    with pytest.raises(ValueError, match="x: expected ints or"):
+        sum_counts([1, {"a": 1}], "x")

@@ -136,3 +136,59 @@ def test_unfinished_and_missing_folders(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"python -m tools.verify: error: {tmp_path / 'nope'} is not a folder"
     )
+
+
+@pytest.fixture(scope="module")
+def in_tasks(tmp_path_factory):
+    """The same Clotho development split converted by 5 tasks and merged (shards named -TTTT-NNNNNN.tar)."""
+    from shards.convert import convert as convert_part
+    from shards.parts import ConvertOptions, merge_split, plan_split
+    from shards.writer import write_plan
+
+    base = tmp_path_factory.mktemp("verify-tasks")
+    write_clotho(base / "raw")
+    source, options = SOURCES["clotho"](base / "raw"), ConvertOptions(samples_per_shard=1)
+    plan = plan_split(source, "development", base / "out", options, 5)
+    write_plan(plan.out_dir, plan.record)
+    for part in plan.todo:
+        convert_part(source, "development", base / "out", **options.kwargs(), part=part)
+    merge_split(source, "development", base / "out", options)
+    return plan.out_dir
+
+
+def test_split_converted_in_tasks_passes_and_workers_give_the_same_report(in_tasks, tmp_path, capsys):
+    names = [s["name"] for s in manifest_of(in_tasks)["shards"]]
+    expected = [
+        "clotho-development-0000-000000",
+        "clotho-development-0000-000001",
+        "clotho-development-0001-000000",
+    ]
+    assert names == [f"{name}.tar" for name in expected]
+    assert main([str(in_tasks), "--workers", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {in_tasks}: 3 samples in 3 shards")
+    broken = Path(shutil.copytree(in_tasks, tmp_path / "clotho" / "development"))
+    shard = broken / "clotho-development-0001-000000.tar"
+    data = bytearray(shard.read_bytes())
+    for i in range(1200, 1400):
+        data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    shutil.copy(broken / "clotho-development-0000-000000.tar", broken / "clotho-development-0001-000009.tar")
+    manifest = manifest_of(broken)
+    manifest["shards"].append({**manifest["shards"][0], "name": "clotho-development-0001-000009.tar"})
+    manifest["num_samples"] += 1
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    (broken / ".part-0001.json").write_text("{}")
+    reports = []
+    for workers in ("1", "3"):
+        assert main([str(broken), "--workers", workers, "--max-problems", "50"]) == 1
+        reports.append(capsys.readouterr().out)
+    assert reports[0] == reports[1]
+    assert ".part-0001.json: stray file left by an unfinished conversion in tasks" in reports[0]
+    assert "clotho-development-0001-000000.tar: sha256 differs" in reports[0]
+    assert "clotho-development-0001-000009.tar: key 'clotho-Santa_Motor' appears more than once" in reports[0]
+
+
+def test_unfinished_conversion_in_tasks_says_how_to_finish(tmp_path, capsys):
+    (tmp_path / ".tasks.json").write_text('{"tasks": 2, "entries": 5}')
+    assert main([str(tmp_path)]) == 1
+    assert "rerun the same launch.convert command to complete it" in capsys.readouterr().out
