@@ -15,7 +15,7 @@ def make_shards(root: Path, clips: int = 24, seconds: float = 3.0, sample_rate: 
     from shards.sources.audioset_strong import AudioSetStrong
     from shards.sources.clotho import Clotho
     from shards.sources.tacos import Tacos
-    from shards.synthetic import generate
+    from synthetic.layouts import generate
 
     raw, out = root / "raw", root / "shards"
     generate(raw, clips, seed=0, seconds=seconds, sample_rate=sample_rate)

@@ -593,7 +593,7 @@ def make_shards(root: Path, clips: int, seconds: float, sample_rate: int, worker
     """Synthetic Clotho-layout clips -> the real converter -> shards; returns the development split's folder."""
     from shards.convert import convert
     from shards.sources.clotho import Clotho
-    from shards.synthetic import MIN_SECONDS, generate
+    from synthetic.layouts import MIN_SECONDS, generate
 
     raw, out = root / "raw", root / "shards"
     generate(raw, clips, seed=0, seconds=max(seconds, MIN_SECONDS), sample_rate=sample_rate, workers=workers)
