@@ -32,7 +32,8 @@ def partitions_parameters(accelerator) -> bool:
 
 def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
     """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
-    from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance
+    from shards.relevance import load_relevance
+    from trainer.evaluate import evaluate_retrieval, evaluate_temporal
 
     rank, world = accelerator.process_index, accelerator.num_processes
     lockstep = world > 1 and partitions_parameters(accelerator)
@@ -41,7 +42,7 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
         report = evaluate_retrieval(
             model,
             eval_batches(s, cfg, rank, world),
-            relevance=load_relevance(s.urls),
+            relevance=load_relevance(s.urls, cfg.data.allow_pipe),
             device=accelerator.device,
             lockstep=lockstep,
         )

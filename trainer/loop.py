@@ -123,24 +123,12 @@ def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
     return texts
 
 
-def model_dir(path: str | Path) -> Path:
-    """A checkpoint dir (its model/ subfolder) or a model folder saved by AudioTextModel.save_pretrained."""
-    path = Path(path)
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    if (path / "config.json").is_file():
-        return path
-    raise ckpt.CheckpointError(
-        f"train.init_from: {path} holds no saved model (no model/config.json or config.json)"
-    )
-
-
 class Trainer:
     """Owns the accelerator, model, optimizer, data stream and outputs of one run."""
 
     def __init__(self, cfg: Config):
         from shards.mixing import MixedStream
-        from trainer.model import AudioTextModel, build_model
+        from trainer.model import build_model
 
         self.cfg = cfg
         self.accelerator = acc = build_accelerator(cfg)
@@ -158,9 +146,9 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.ckpt_root)
         if self.resume_from is not None:
             # The tokenizer of a random-init text tower was trained at the start of the run: take the saved one.
-            model = AudioTextModel.from_pretrained(self.resume_from / "model")
+            model = ckpt.load_model(self.resume_from)
         elif cfg.train.init_from:
-            model = AudioTextModel.from_pretrained(model_dir(cfg.train.init_from))
+            model = ckpt.load_model(cfg.train.init_from, what="train.init_from")
         else:
             texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)

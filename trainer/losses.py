@@ -23,6 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.distributed import rank_world
+
 # A region spans frames [floor(onset * rate), ceil(offset * rate)); this slack keeps float noise such as
 # 0.2 * 25 = 5.000000000000001 from adding a frame.
 _FRAME_EPS = 1e-6
@@ -31,12 +33,6 @@ _FRAME_EPS = 1e-6
 # ---------------------------------------------------------------------------------------------------------------------
 # Cross-rank gathering
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _all_gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -61,7 +57,7 @@ def gather_features(x: Tensor) -> Tensor:
     This is open_clip's ``gather_features`` (gather_with_grad=False): every rank then computes the same
     global loss, and the gradient w.r.t. the local embeddings is that loss's full gradient for them.
     """
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     parts = _all_gather_varsize(x, _all_gather_sizes(x.shape[0], x.device))
@@ -91,7 +87,7 @@ def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
     Use it when each rank computes only its share of a loss (the region loss): the backward pass sums the
     shares' gradients, so it is a collective every rank must reach.
     """
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     if sizes is None:
@@ -207,7 +203,7 @@ def region_contrastive_loss(
     clip: its captions are then never negatives of itself.
     """
     _check_region_inputs(frames, frame_mask, region_text, region_clip, onsets, offsets, text_ids)
-    rank, world = _world()
+    rank, world = rank_world()
     device = frames.device
     num_clips, num_frames, _ = frames.shape
     num_regions = region_text.shape[0]
