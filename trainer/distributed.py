@@ -125,11 +125,12 @@ def deepspeed_plugin(cfg: Config):
     return DeepSpeedPlugin(hf_ds_config=ds)
 
 
-def build_accelerator(cfg: Config):
+def build_accelerator(cfg: Config, cpu: bool = False):
+    """The Accelerator of a run (DDP or DeepSpeed); `cpu` keeps it on the CPU even where CUDA is visible."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    has_cuda = torch.cuda.is_available()
+    has_cuda = torch.cuda.is_available() and not cpu
     if cfg.train.mixed_precision == "fp16" and not has_cuda:
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.train.deepspeed and "LOCAL_RANK" not in os.environ:

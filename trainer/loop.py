@@ -1,13 +1,16 @@
-"""The step loop: draw a (weak or strong) batch, forward, weighted loss, accumulate, clip, step, log, eval, save."""
+"""The run: wires config, model, data stream, optimizer, step, evaluation, checkpoints and logging together.
+
+Every optimizer step draws `grad_accum` (weak or strong) batches and runs `trainer.step.train_step` on each, then
+steps the schedule; every `log_every` / `eval_every` / `save_every` steps it logs, evaluates, checkpoints. A stop
+signal (`trainer.stop`) makes it checkpoint and exit with EXIT_PREEMPTED.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,111 +19,11 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer.config import Config, dump_yaml, to_dict
 from trainer.distributed import build_accelerator, destroy
-from trainer.losses import (
-    clip_contrastive_loss,
-    region_contrastive_loss,
-    temporal_order_loss,
-    temporal_order_texts,
-)
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.step import move_batch, train_step
+from trainer.stop import EXIT_PREEMPTED, StopFlag
 from trainer.tracking import MetricsLogger
-
-EXIT_PREEMPTED = 75
-"""Exit status after a SIGTERM/SIGUSR1-triggered checkpoint: the run is not finished, resume it."""
-
-
-@dataclass
-class StepLoss:
-    """Loss of one micro-batch and its parts (parts are detached floats for logging)."""
-
-    total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; checked (and agreed on by all ranks) between optimizer steps."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
-def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLoss:
-    """One forward through the (wrapped) model and the loss of the batch's kind.
-
-    Outputs a batch kind does not use still enter the loss with weight 0, so every parameter receives a gradient
-    each step: DDP then needs no unused-parameter search, and ZeRO's reduction buckets are the same every step.
-    """
-    strong = batch["kind"] == "strong"
-    texts = list(batch["region_text"] if strong else batch["captions"])
-    n_main = len(texts)
-    order_pairs: list[tuple[int, int, int]] = []
-    if not strong and cfg.loss.temporal_weight > 0:
-        for i, caption in enumerate(batch["captions"]):
-            pair = temporal_order_texts(caption)
-            if pair is not None:
-                order_pairs.append((i, len(texts), len(texts) + 1))
-                texts.extend(pair)
-    tokens = {k: v.to(batch["audio"].device) for k, v in tokenize(texts).items()}
-    out = model(batch["audio"], batch["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
-    parts: dict[str, float] = {}
-    text = out.text[:n_main]
-    if strong:
-        loss = cfg.loss.strong_weight * region_contrastive_loss(
-            out.audio_frames,
-            out.frame_mask,
-            out.frame_rate,
-            text,
-            batch["region_clip"],
-            batch["onsets"],
-            batch["offsets"],
-            cfg.loss.strong_tau,
-            text_ids=batch.get("region_text_ids"),
-            clip_ids=batch.get("clip_ids"),
-        )
-        parts["loss_strong"] = loss.item() / max(cfg.loss.strong_weight, 1e-12)
-        unused = out.audio_clip.sum() + out.logit_scale
-    else:
-        loss = cfg.loss.weak_weight * clip_contrastive_loss(
-            out.audio_clip, text, out.logit_scale, clip_ids=batch.get("clip_ids")
-        )
-        parts["loss_weak"] = loss.item() / max(cfg.loss.weak_weight, 1e-12)
-        unused = out.audio_frames.sum()
-        if order_pairs:
-            idx = torch.tensor(order_pairs, device=out.text.device)
-            temporal = temporal_order_loss(out.text[idx[:, 0]], out.text[idx[:, 1]], out.text[idx[:, 2]])
-            loss = loss + cfg.loss.temporal_weight * temporal
-            parts["loss_temporal"] = temporal.item()
-    return StepLoss(loss + 0.0 * unused, parts)
-
-
-def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
-    """Captions and region texts of the training sources, to train the offline tokenizer of a random-init text tower."""
-    from shards.reader import iter_sample_json
-
-    texts: list[str] = []
-    for src in [*cfg.data.weak, *cfg.data.strong]:
-        for meta in iter_sample_json(src.urls, limit=limit, allow_pipe=cfg.data.allow_pipe):
-            texts.extend(meta.get("captions") or [])
-            texts.extend(r["text"] for r in meta.get("strong") or [])
-    return texts
+from trainer.vocab import collect_tokenizer_texts
 
 
 class Trainer:
@@ -249,16 +152,6 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
 
-    def _grad_norm(self) -> float:
-        engine = getattr(self.model, "get_global_grad_norm", None)
-        if engine is not None:  # DeepSpeed computes (and clips by) the norm inside its step
-            norm = engine()
-            return float(norm) if norm is not None else math.nan
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.train.grad_clip > 0:
-            return float(self.accelerator.clip_grad_norm_(params, self.cfg.train.grad_clip))
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
-
     def _world_sum(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return (
@@ -292,13 +185,10 @@ class Trainer:
                 for _ in range(cfg.train.grad_accum):
                     batch = move_batch(next(batches), acc.device)
                     last_kind = batch["kind"]
-                    with acc.accumulate(self.model), acc.autocast():
-                        result = compute_loss(self.model, self.tokenize, batch, cfg)
-                        acc.backward(result.total)
-                        if acc.sync_gradients:
-                            grad_norm = self._grad_norm()
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    step = train_step(acc, self.model, self.optimizer, self.tokenize, batch, cfg)
+                    result = step.loss
+                    if step.grad_norm is not None:
+                        grad_norm = step.grad_norm
                     for k, v in result.parts.items():
                         window.setdefault(k, []).append(v)
                     window.setdefault("loss", []).append(result.total.item())

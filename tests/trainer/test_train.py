@@ -276,6 +276,10 @@ def test_single_process_deepspeed_bf16_then_init_from(tiny_shards, tmp_path):
     assert losses(init)[1] != losses(fresh)[1]
     bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
     proc = run_trainer(bad)
+    assert proc.returncode == 2 and "train.init_from" in proc.stderr and "not a directory" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "empty")})
+    proc = run_trainer(bad)
     assert proc.returncode == 2 and "holds no saved model" in proc.stderr
 
 

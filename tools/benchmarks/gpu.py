@@ -1,8 +1,9 @@
 """GPU training benchmark: a realistic audio-text model fed by the real loader — samples/s, step breakdown, memory, MFU.
 
 The model is AST-base (or LAION-CLAP's HTSAT) + RoBERTa-base, random init from their configs, trained with the
-trainer's own step (trainer.loop.compute_loss, AdamW from trainer.optim, gradient clipping; GradScaler in fp16)
-on batches from shards.mixing.MixedStream over synthetic shards (tools.synthetic layout -> the Clotho converter).
+trainer's own step (trainer.step.train_step under the trainer's Accelerator: autocast, compute_loss, backward,
+gradient clipping, AdamW from trainer.optim; Accelerate's GradScaler in fp16) on batches from
+shards.mixing.MixedStream over synthetic shards (synthetic.layouts -> the Clotho converter).
 
 Each step is split on the device's own timeline (CUDA events; wall clock on CPU) into data (waiting for the
 loader + host-to-device copy), forward (tokenize + both towers + loss), backward, optimizer (clip + AdamW).
@@ -43,7 +44,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -439,54 +439,32 @@ def _nvml_works(device: torch.device) -> bool:
 
 
 class StepRunner:
-    """The trainer's optimizer step on one model: compute_loss under autocast, backward, clip, AdamW."""
+    """The trainer's step on one model: trainer.step.train_step under the trainer's Accelerator, parts timed."""
 
     def __init__(self, model, cfg: Config, device: torch.device, precision: str):
+        from trainer.distributed import build_accelerator
         from trainer.optim import build_optimizer
 
-        self.model = model
         self.cfg = cfg
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.optimizer = build_optimizer(model, cfg.optim)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.accelerator = build_accelerator(cfg, cpu=device.type == "cpu")
+        self.model, self.optimizer = self.accelerator.prepare(model, build_optimizer(model, cfg.optim))
+        self.tokenize = model.tokenize
 
     def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def forward_backward(self, batch: dict[str, Any], timeline: Timeline | None = None) -> float:
-        """Forward + backward of `batch`; returns its loss."""
-        from trainer.loop import compute_loss
-
-        with self.autocast():
-            result = compute_loss(self.model, self.model.tokenize, batch, self.cfg)
-        if timeline is not None:
-            timeline.mark("forward")
-        loss = result.total if self.scaler is None else self.scaler.scale(result.total)
-        loss.backward()
-        if timeline is not None:
-            timeline.mark("backward")
-        return sum(result.parts.values())
+        """The trainer's autocast context (the run's mixed precision)."""
+        return self.accelerator.autocast()
 
     def step(self, batch: dict[str, Any], timeline: Timeline | None = None) -> float:
-        """One optimizer step on `batch` (as trainer.loop does it); returns the loss."""
-        loss = self.forward_backward(batch, timeline)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
-        float(norm)  # the trainer reads the norm every step for its logs: the same synchronisation
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if timeline is not None:
-            timeline.mark("optimizer")
-        return loss
+        """One optimizer step on `batch` (as trainer.loop does it), marking forward/backward/optimizer; the loss."""
+        from trainer.step import train_step
+
+        mark = timeline.mark if timeline is not None else None
+        result = train_step(
+            self.accelerator, self.model, self.optimizer, self.tokenize, batch, self.cfg, mark
+        )
+        return sum(result.loss.parts.values())
 
 
 def synchronize(device: torch.device) -> None:
@@ -526,7 +504,7 @@ def measure(
     The warmup is at least 2 steps per loader process: the DataLoader's workers start together and queue 2
     batches each, a burst that would otherwise make the first timed steps look fed faster than they can be.
     """
-    from trainer.loop import move_batch
+    from trainer.step import move_batch
 
     device = runner.device
     batches: Iterator[dict] = iter(stream_factory(workers))
@@ -634,8 +612,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from shards.mixing import MixedStream
-    from trainer.loop import collect_tokenizer_texts, move_batch
     from trainer.model import build_model
+    from trainer.step import move_batch
+    from trainer.vocab import collect_tokenizer_texts
 
     s = resolve(args)
     device = s.device
@@ -659,13 +638,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batches = iter(stream_factory(0))
         batch = move_batch(next(batches), device)
         batches.close()
+        # The optimizer and the clipping add no matmul, convolution or attention FLOPs: this is forward + backward.
         with flop_counter() as counter:
-            runner.forward_backward(batch)
+            runner.step(batch)
         flops = counter.get_total_flops()
         with flop_counter() as forward, torch.no_grad(), runner.autocast():
             tokens = {k: v.to(device) for k, v in model.tokenize(batch["captions"]).items()}
             model(batch["audio"], batch["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
-        runner.optimizer.zero_grad(set_to_none=True)
         del batch
 
         matmul_dtype = runner.dtype or torch.float32
