@@ -11,7 +11,6 @@ consuming process. Training streams with weighted mixing live in shards.mixing.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
 from shards.audio import resample
-from shards.schema import Sample, SchemaError
+from shards.schema import Sample, SchemaError, stable_id
 from shards.shardlist import Part, Shard, ShardError, eval_parts, expand_urls
 from shards.tarstream import iter_tar
 
@@ -189,12 +188,6 @@ class Clip:
     captions: list[str]
     caption: str
     regions: list[tuple[str, float, float]] = field(default_factory=list)
-
-
-def stable_id(text: str) -> int:
-    """63-bit id of a string, the same in every process and run (unlike the salted built-in hash)."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def crop_regions(

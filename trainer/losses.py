@@ -14,7 +14,6 @@ keys / caption strings.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 
@@ -23,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from shards.schema import stable_id
 from trainer.distributed import rank_world
 
 # A region spans frames [floor(onset * rate), ceil(offset * rate)); this slack keeps float noise such as
@@ -96,12 +96,11 @@ def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
 
 
 def string_ids(strings: Sequence[str]) -> Tensor:
-    """Stable int64 ids of strings (same string -> same id on every rank and run), e.g. for clip_ids/text_ids."""
-    ids = [
-        int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-        for s in strings
-    ]
-    return torch.tensor(ids, dtype=torch.long)
+    """Stable int64 ids of strings (same string -> same id on every rank and run), e.g. for clip_ids/text_ids.
+
+    The ids `shards.schema.stable_id` gives, i.e. the ones the reader puts in batches.
+    """
+    return torch.tensor([stable_id(s) for s in strings], dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

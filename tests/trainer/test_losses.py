@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shards.schema import stable_id
 from trainer.losses import (
     clip_contrastive_loss,
     region_contrastive_loss,
@@ -80,6 +81,9 @@ def test_string_ids_stable_and_distinct():
     ids = string_ids(["a dog barks", "a dog barks", "rain"])
     assert ids.dtype == torch.long and ids[0] == ids[1] != ids[2] and (ids >= 0).all()
     assert torch.equal(ids, string_ids(["a dog barks", "a dog barks", "rain"]))
+    assert ids.tolist() == [
+        stable_id(s) for s in ["a dog barks", "a dog barks", "rain"]
+    ]  # the ids batches carry
 
 
 # ---------------------------------------------------------------------------------------------------------------------
