@@ -344,12 +344,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{key}: must not be null")
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
                 return _convert(option, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
     if value is None:
         raise ConfigError(f"{key}: must not be null (expected {_type_name(tp)})")

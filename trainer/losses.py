@@ -368,18 +368,6 @@ def _finish(text: str, capital: bool, end: str) -> str:
     return text + end
 
 
-def temporal_order_triplets(captions: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
-    """Indices of the captions that have a temporal connective, with their paraphrases and reversals."""
-    index, paraphrases, reversals = [], [], []
-    for i, caption in enumerate(captions):
-        pair = temporal_order_texts(caption)
-        if pair is not None:
-            index.append(i)
-            paraphrases.append(pair[0])
-            reversals.append(pair[1])
-    return index, paraphrases, reversals
-
-
 def temporal_order_loss(anchor: Tensor, paraphrase: Tensor, reversal: Tensor, margin: float = 0.2) -> Tensor:
     """Mean of max(0, margin - cos(anchor, paraphrase) + cos(anchor, reversal)) over rows of [N, D] embeddings.
 

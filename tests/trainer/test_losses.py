@@ -16,7 +16,6 @@ from trainer.losses import (
     string_ids,
     temporal_order_loss,
     temporal_order_texts,
-    temporal_order_triplets,
 )
 
 
@@ -355,11 +354,6 @@ def test_region_loss_bad_input_is_named(change, match):
 )
 def test_temporal_order_texts(caption, expected):
     assert temporal_order_texts(caption) == expected
-
-
-def test_temporal_order_triplets():
-    index, para, rev = temporal_order_triplets(["rain", "a then b", "c after d"])
-    assert index == [1, 2] and para == ["b after a", "d before c"] and rev == ["b then a", "d after c"]
 
 
 def test_temporal_order_loss_hand_computed():
