@@ -342,7 +342,7 @@ def test_never_unpickles_or_writes_member_paths(tmp_path, kit):
 
 
 def test_shard_rate_differs_from_model_rate(tmp_path, kit):
-    kit.write_split(
+    kit.write_tars(
         tmp_path / "hi", kit.make_samples("hi", 4, 16000, seconds=(0.5, 0.5)), 4, 16000, prefix="hi"
     )
     (b,) = iter_eval_batches(str(tmp_path / "hi"), sample_rate=SR, batch_size=4)

@@ -30,7 +30,7 @@ def test_parse_relevance_forms(tmp_path):
 def test_load_relevance_follows_the_shard_url_rules(tmp_path, kit):
     judged = {"a": {"q1": ["a-0000"]}, "b": {"q1": ["b-0001"], "q2": ["b-0000"]}, "c": None}
     for name, relevance in judged.items():
-        folder = kit.write_split(
+        folder = kit.write_tars(
             tmp_path / name, kit.make_samples(name, 4, 8000), 2, 8000, prefix=f"{name}-train"
         )
         if relevance is not None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tools.bench import main as bench_main
 from tools.benchmarks.gpu import check_run, flop_counter, mfu, peak_tflops_for, quantity
 

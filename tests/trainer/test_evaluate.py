@@ -15,11 +15,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from shards.audio import encode_flac
 from shards.reader import iter_eval_batches
 from shards.relevance import load_relevance
-from shards.schema import Region, Sample, make_key
-from shards.writer import ShardWriter
+from shards.schema import make_key
+from tests.helpers import tone, toy_sample, write_split
 from trainer.embed import RetrievalSet, TemporalSet, embed_temporal
 from trainer.evaluate import evaluate_retrieval, evaluate_temporal, temporal_report
 
@@ -75,33 +74,16 @@ class ToneModel(torch.nn.Module):
         return out
 
 
-def _tones(seconds: float, spans: list[tuple[int, float, float]]) -> np.ndarray:
-    x = np.zeros(round(seconds * SR), np.float32)
-    t = np.arange(len(x)) / SR
-    for k, on, off in spans:
-        inside = (t >= on) & (t < off)
-        x[inside] += 0.5 * np.sin(2 * np.pi * FREQS[k] * t[inside])
-    return x
-
-
 def _write_split(folder: Path, split: str, clips, relevance=None, per_shard: int = 3) -> Path:
     """clips: (source_id, seconds, tone spans, captions, regions); real FLAC in real shards + manifest."""
-    out = folder / "toy" / split
-    extra = {"relevance": relevance} if relevance else None
-    with ShardWriter(out, "toy", split, SR, max_samples=per_shard, extra_manifest=extra) as w:
-        for source_id, seconds, spans, captions, regions in clips:
-            sample = Sample(
-                key=make_key("toy", source_id),
-                dataset="toy",
-                split=split,
-                source_id=source_id,
-                duration=seconds,
-                sample_rate=SR,
-                captions=list(captions),
-                strong=[Region(t, on, off) for t, on, off in regions],
-            )
-            w.write(sample, encode_flac(_tones(seconds, spans), SR))
-    return out
+    samples = [
+        (
+            toy_sample(source_id, split, SR, captions, regions, seconds),
+            sum(tone(seconds, SR, FREQS[k], amplitude=0.5, start=on, stop=off) for k, on, off in spans),
+        )
+        for source_id, seconds, spans, captions, regions in clips
+    ]
+    return write_split(folder, split, samples, SR, relevance, per_shard)
 
 
 def weak_split(folder: Path) -> Path:

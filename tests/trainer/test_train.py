@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, train_overrides
+from tests.helpers import ROOT, train_overrides
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 
