@@ -7,7 +7,7 @@ from trainer.config import Config
 
 def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
     """Captions and region texts of the training sources, to train the offline tokenizer of a random-init text tower."""
-    from shards.reader import iter_sample_json
+    from shards.records import iter_sample_json
 
     texts: list[str] = []
     for src in [*cfg.data.weak, *cfg.data.strong]:

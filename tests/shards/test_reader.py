@@ -17,19 +17,13 @@ import soundfile as sf
 from torch.utils.data import DataLoader, IterableDataset
 
 from shards.audio import resample
-from shards.reader import (
-    BatchBuffers,
-    BatchReceiver,
-    crop_regions,
-    iter_eval_batches,
-    iter_groups,
-    passthrough,
-    pick_crop,
-    read_window,
-)
+from shards.clips import crop_regions, pick_crop, read_window
+from shards.reader import iter_eval_batches
+from shards.records import iter_groups
 from shards.schema import stable_id
 from shards.shardlist import ShardError, eval_parts, expand_urls, train_parts
 from shards.tarstream import TarError, iter_tar
+from shards.transfer import BatchBuffers, BatchReceiver, passthrough
 
 SR = 8000
 
@@ -288,7 +282,7 @@ def test_corrupt_members_are_skipped_counted_and_logged(tmp_path, caplog, kit):
     ]
     kit.write_tar(tmp_path / "bad.tar", members)
     stats: dict = {}
-    with caplog.at_level(logging.WARNING, logger="shards.reader"):
+    with caplog.at_level(logging.WARNING, logger="shards.records"):
         keys = eval_keys(str(tmp_path / "bad.tar"), stats=stats)
     assert keys == ["toy-0000", "toy-0002", "toy-0005", "toy-0007"]
     assert stats == {"corrupt_skipped": 4}
