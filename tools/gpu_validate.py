@@ -65,7 +65,7 @@ def read_status(path: Path) -> dict[str, dict[str, Any]]:
 def summarize(work: Path, out: Path, zero_steps: int) -> tuple[bool, dict[str, Any], str]:
     """(all checks passed, summary.json content, summary.md text) of a finished `gpu_validate.sh run`."""
     from tools.bench import format_table
-    from tools.benchmarks.gpu import check_run, quantity
+    from tools.benchmarks.gpu_figures import check_run, quantity
 
     status = read_status(work / "status.tsv")
     checks: list[dict[str, Any]] = []
