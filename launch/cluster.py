@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from launch.slurm_env import parse_time_minutes
-from trainer.config import ConfigError, from_dict
+from trainer.configparse import ConfigError, from_dict
 
 
 @dataclass
