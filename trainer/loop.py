@@ -8,7 +8,6 @@ signal (`trainer.stop`) makes it checkpoint and exit with EXIT_PREEMPTED.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer.config import Config, dump_yaml, to_dict
 from trainer.distributed import build_accelerator, destroy
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import build_optimizer, build_scheduler, rebase_schedule
 from trainer.step import move_batch, train_step
 from trainer.stop import EXIT_PREEMPTED, StopFlag
 from trainer.tracking import MetricsLogger
@@ -97,17 +96,9 @@ class Trainer:
                 self.cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=seed
             )
             acc.print(f"resume: the data stream restarts (seed {seed}), its saved state does not apply: {e}")
-        self._sync_schedule()
+        # This run's optim.lr and max_steps may differ from the saved run's.
+        rebase_schedule(self.scheduler, self.cfg.optim.lr)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
-
-    def _sync_schedule(self) -> None:
-        """The lr of the resumed step from this run's config (optim.lr, max_steps may differ from the saved run's)."""
-        s = self.scheduler
-        s.base_lrs = [self.cfg.optim.lr] * len(s.base_lrs)
-        lrs = [base * f(s.last_epoch) for base, f in zip(s.base_lrs, s.lr_lambdas)]
-        for group, lr in zip(s.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        s._last_lr = lrs
 
     def save(self) -> Path:
         sources = sorted(self.stream.data_seen)
@@ -133,7 +124,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
-        from trainer.eval_runner import evaluate_sets
+        from trainer.eval_runner import evaluate_sets, write_report
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -143,10 +134,7 @@ class Trainer:
         finally:
             model.train(was_training)
         if self.accelerator.is_main_process and results:
-            path = self.out_dir / "eval" / f"step_{self.step}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"step": self.step, **results}, indent=2, sort_keys=True) + "\n")
-            tmp.replace(path)
+            write_report(self.out_dir, self.step, results)
             self.logger.log_eval(self.step, results)
         return results
 
