@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from launch.slurm_env import parse_time_minutes
-from trainer.config import ConfigError, from_dict
 from trainer.config_files import resolve_config_file
+from trainer.configparse import ConfigError, from_dict
 
 
 @dataclass

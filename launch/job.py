@@ -31,13 +31,10 @@ from dataclasses import dataclass, field, replace
 import submitit
 
 from launch.slurm_env import current_task_env
+from trainer.stop import EXIT_PREEMPTED, STOP_SIGNALS
 
-# 75 (sysexits EX_TEMPFAIL): the trainer's "saved a checkpoint and stopped on a signal" (trainer.loop.EXIT_PREEMPTED).
-EXIT_PREEMPTED = os.EX_TEMPFAIL
 TRAINER_ENTRY = "trainer.__main__:main"
 PROBE_ENTRY = "launch.probe:main"
-# Signals the trainer handles itself; submitit's time-limit signal must be another one.
-TRAINER_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
@@ -117,7 +114,7 @@ def time_limit_signal() -> signal.Signals:
     sig = getattr(signal, name, None)
     if sig is None:
         raise ValueError(f"SUBMITIT_PREEMPT_SIGNAL={submitit.JobEnvironment.USR_SIG!r} is not a signal name")
-    if sig in TRAINER_STOP_SIGNALS:
+    if sig in STOP_SIGNALS:
         raise ValueError(
             f"SUBMITIT_PREEMPT_SIGNAL={submitit.JobEnvironment.USR_SIG}: the trainer uses SIGTERM and SIGUSR1 "
             "for its own stop; pick another time-limit signal (default USR2)"

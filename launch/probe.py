@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-EXIT_PREEMPTED = os.EX_TEMPFAIL
+from trainer.stop import EXIT_PREEMPTED, STOP_SIGNALS
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,8 +54,8 @@ class StopFlag:
         self.requested = True
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self)
-        signal.signal(signal.SIGUSR1, self)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self)
 
 
 def write_json(path: Path, obj: object) -> None:

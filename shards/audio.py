@@ -1,4 +1,4 @@
-"""Audio I/O shared by converters, the streaming reader and the synthetic generator.
+"""Audio I/O shared by the converters, the reader, verification and the tools.
 
 Decoding is soundfile (libsndfile: WAV, FLAC, MP3, OGG); resampling is soxr (high quality);
 shards store mono 16-bit FLAC.

@@ -30,22 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.reader import (
-    BatchBuffers,
-    BatchReceiver,
-    Clip,
-    CorruptSample,
-    Record,
-    Skips,
-    collate,
-    iter_groups,
-    keeps,
-    load_clip,
-    parse_record,
-    passthrough,
-    worker_shutdown,
-)
+from shards.clips import Clip, collate, load_clip
+from shards.records import CorruptSample, Record, Skips, iter_groups, keeps, parse_record
 from shards.shardlist import Shard, ShardError, expand_urls, train_parts
+from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
 
 WEAK, STRONG = "weak", "strong"
 STATE_VERSION = 1

@@ -153,6 +153,16 @@ class KeyAllocator:
         return key
 
 
+def stable_id(text: str) -> int:
+    """63-bit id of a string, the same in every process and run (unlike the salted built-in hash).
+
+    Batches carry the ids of their sample keys and region texts (`clip_ids`, `region_text_ids`): the losses use
+    them to tell the same clip or caption on different ranks. Big-endian blake2b-64, shifted to stay non-negative.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 

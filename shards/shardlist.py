@@ -4,7 +4,8 @@
     shards = expand_urls("x/train/x-train-{000000..000009}.tar")      # brace pattern
     shards = expand_urls("pipe:curl -s https://host/x-{0..9}.tar", allow_pipe=True)
 
-Sample counts come from the ``manifest.json`` beside the shards when there is one (None otherwise).
+Sample counts come from the ``manifest.json`` beside the shards when there is one (None otherwise);
+`split_manifests` names those manifests (e.g. to read a split's relevance judgements).
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def expand_urls(urls: str | Sequence[str], allow_pipe: bool = False) -> list[Sha
             raise ShardError(f"shard {shard.url} is listed twice in {urls!r}")
         seen.add(shard.url)
     return shards
+
+
+def split_manifests(urls: str | Sequence[str], allow_pipe: bool = False) -> list[Path]:
+    """The manifest.json of each local split folder that `urls` expand into (by `expand_urls`), in order.
+
+    Folders without a manifest and `pipe:` urls (nothing local to read) are left out.
+    """
+    folders: list[Path] = []
+    for shard in expand_urls(urls, allow_pipe):
+        if shard.url.startswith("pipe:"):
+            continue
+        folder = Path(shard.url).parent
+        if folder not in folders:
+            folders.append(folder)
+    return [f / MANIFEST for f in folders if (f / MANIFEST).is_file()]
 
 
 def _expand_one(item: str, allow_pipe: bool, manifests: dict[Path, dict[str, int]]) -> list[Shard]:

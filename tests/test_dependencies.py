@@ -1,4 +1,4 @@
-"""The dependencies declared in setup.cfg are the third-party imports of shards/ trainer/ launch/ tools/.
+"""The dependencies declared in setup.cfg are the third-party imports of shards/ trainer/ launch/ tools/ synthetic/.
 
 - every third-party import belongs to a declared dependency (install_requires), or to an optional extra, and then it
   is imported lazily (inside a function, in a `try` that turns ImportError into a message naming the extra);
@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("shards", "trainer", "launch", "tools")
+PACKAGES = ("shards", "trainer", "launch", "tools", "synthetic")
 # Extras for working on sonotext itself (tests, lint): used by tests/ and make, not by the packages.
 TOOLING_EXTRAS = {"dev"}
 # Declared, not imported by our code: distribution -> (a declared dependency we import, the module it brings in).

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("shards", "trainer", "launch", "tools")
+PACKAGES = ("shards", "trainer", "launch", "tools", "synthetic")
 # What the wheel is built from: the files an sdist of the checkout needs.
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "configs", *PACKAGES)
 # Commands the documentation promises; more may exist (setup.cfg [options.entry_points] is the list).

@@ -16,7 +16,10 @@ BENCHMARKS = {
     "convert": ("tools.benchmarks.convert", "conversion throughput vs a bare decode+resample+encode loop"),
     "loader": ("tools.benchmarks.loader", "training pipeline samples/s vs bare soundfile decode"),
     "step": ("tools.benchmarks.step", "trainer step time vs a bare PyTorch loop on the same model and batch"),
-    "losses": ("tools.benchmarks.step_losses", "step time weak-only vs weak+strong (region loss overhead)"),
+    "losses": (
+        "tools.benchmarks.step_losses",
+        "trainer step time on a weak vs a strong batch (strong overhead)",
+    ),
     "gpu": (
         "tools.benchmarks.gpu",
         "CUDA: bf16 samples/s, step breakdown, memory with/without checkpointing, MFU",

@@ -12,17 +12,14 @@ AUROC/AP, PSDS1, pAUROC, zero-shot accuracy. Embeddings are cached under CHECKPO
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 TASKS = ("retrieval", "temporal")
 
@@ -48,74 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="processes for PSDS1/pAUROC on rank 0 (default 1)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write CHECKPOINT/eval_cache/")
     return p
-
-
-def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
-    """The resolved run config stored with a checkpoint (CHECKPOINT/config.yaml, else RUN/config.yaml); {} if none."""
-    for path in (checkpoint / "config.yaml", checkpoint.parent.parent / "config.yaml"):
-        if path.is_file():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            return loaded if isinstance(loaded, dict) else {}
-    return {}
-
-
-def checkpoint_sample_rate(checkpoint: Path, given: int | None = None, model=None) -> int:
-    """The rate audio is fed at: `given` (--sample-rate), else the model's `sample_rate`, else data.sample_rate of
-    the checkpoint's config; a clear error when none is known."""
-    if given is not None:
-        if given <= 0:
-            raise ValueError(f"--sample-rate: must be > 0, got {given}")
-        return given
-    rate = getattr(model, "sample_rate", None)
-    if not isinstance(rate, int) or rate <= 0:
-        rate = checkpoint_config(checkpoint).get("data", {}).get("sample_rate")
-    if not isinstance(rate, int) or rate <= 0:
-        raise ValueError(f"{checkpoint}: no sample rate in the model or its config.yaml; pass --sample-rate")
-    return rate
-
-
-def check_checkpoint(checkpoint: Path) -> Path:
-    """The checkpoint's model/ folder; ValueError naming the path when it is missing."""
-    if not checkpoint.is_dir():
-        raise ValueError(f"--checkpoint {checkpoint}: not a directory")
-    model_dir = checkpoint / "model"
-    if not model_dir.is_dir():
-        raise ValueError(f"--checkpoint {checkpoint}: no model/ folder (expected RUN/checkpoints/step_N)")
-    return model_dir
-
-
-def load_model(checkpoint: Path, device: torch.device):
-    """AudioTextModel.from_pretrained(CHECKPOINT/model) on `device`, in eval mode."""
-    from trainer.model import AudioTextModel
-
-    return AudioTextModel.from_pretrained(check_checkpoint(checkpoint), device=device).eval()
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group a launcher (torchrun) describes in the environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend)
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def pick_device(given: str | None) -> torch.device:
-    if given:
-        return torch.device(given)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def cache_path(checkpoint: Path, task: str, urls: list[str], sample_rate: int, extra: str = "") -> Path:
-    """CHECKPOINT/eval_cache/TASK-HASH.npz; the hash covers the data urls, sample rate and query options."""
-    digest = hashlib.sha1(json.dumps([urls, sample_rate, extra]).encode("utf-8")).hexdigest()[:16]
-    return checkpoint / "eval_cache" / f"{task}-{digest}.npz"
 
 
 def progress(batches: Iterable[dict], enabled: bool, desc: str) -> Iterable[dict]:
@@ -150,9 +79,12 @@ def format_table(report: Mapping[str, float]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as `args` say; the report on every rank."""
     from shards.reader import iter_eval_batches
-    from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance, read_relevance
+    from shards.relevance import load_relevance, read_relevance
+    from trainer.checkpoint import checkpoint_sample_rate, eval_cache_path, load_model, model_dir
+    from trainer.distributed import init_from_env, local_device
+    from trainer.evaluate import evaluate_retrieval, evaluate_temporal
 
-    check_checkpoint(args.checkpoint)
+    model_dir(args.checkpoint, "--checkpoint")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size: must be > 0, got {args.batch_size}")
     if args.jobs <= 0:
@@ -163,9 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"--text-template: must contain {{}} where the text goes, got {args.text_template!r}"
         )
-    rank, world = init_distributed()
-    device = pick_device(args.device)
-    model = load_model(args.checkpoint, device)
+    rank, world = init_from_env()
+    device = local_device(args.device)
+    model = load_model(args.checkpoint, device, "--checkpoint").eval()
     sample_rate = checkpoint_sample_rate(args.checkpoint, args.sample_rate, model)
     batches = progress(
         iter_eval_batches(
@@ -176,12 +108,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.task == "retrieval":
         relevance = read_relevance(args.relevance) if args.relevance else load_relevance(args.data)
-        cache = None if args.no_cache else cache_path(args.checkpoint, "retrieval", args.data, sample_rate)
+        cache = (
+            None if args.no_cache else eval_cache_path(args.checkpoint, "retrieval", args.data, sample_rate)
+        )
         metrics = evaluate_retrieval(model, batches, relevance=relevance, device=device, cache_path=cache)
     else:
         extra = json.dumps([args.text_template])
         cache = (
-            None if args.no_cache else cache_path(args.checkpoint, "temporal", args.data, sample_rate, extra)
+            None
+            if args.no_cache
+            else eval_cache_path(args.checkpoint, "temporal", args.data, sample_rate, extra)
         )
         metrics = evaluate_temporal(
             model,
@@ -202,10 +138,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         report = run(args)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:

@@ -15,6 +15,7 @@
 #   5. tools.bench gpu --audio clap_htsat (model rows only)
 #   6. summary.json / summary.md: every figure and check; the exit status is 0 only if every check passed
 # A step that fails is recorded and the next one still runs; each step is cut at its share of TIME_BUDGET.
+# The Python side (environment report, summary and checks) is tools/gpu_validate.py.
 #
 # Files under $OUT (at most 8): validate.log, env.txt, summary.json, summary.md, bench_ast.json,
 # bench_clap_htsat.json, runs.tar.gz (every run's config, metrics.jsonl and log).
@@ -44,13 +45,13 @@ wheels() {
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
     for pkg in "${pkgs[@]}"; do
         local version
-        version=$("$PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$pkg")
+        version=$("$PYTHON" -m tools.gpu_validate version "$pkg")
         "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" \
             --implementation cp "${platforms[@]}" -d "$WHEELS" "$pkg==$version"
     done
     # DeepSpeed ships only a source archive; built without its CUDA ops it is pure Python (ops JIT-build there).
     local ds
-    ds=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('deepspeed'))")
+    ds=$("$PYTHON" -m tools.gpu_validate version deepspeed)
     DS_BUILD_OPS=0 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WHEELS" "deepspeed==$ds"
     ls -la "$WHEELS"
     du -sh "$WHEELS"
@@ -90,7 +91,7 @@ run_all() {
     environment > "$OUT/env.txt" 2>&1 || true
     cat "$OUT/env.txt"
     local cuda
-    cuda=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
+    cuda=$("$PYTHON" -m tools.gpu_validate cuda)
     if [[ $cuda != 1 && $ALLOW_CPU != 1 ]]; then
         echo "error: no CUDA device visible to $PYTHON (set ALLOW_CPU=1 for a dry run without GPU)"
         exit 2
@@ -137,25 +138,7 @@ environment() {
     nvidia-smi || echo "nvidia-smi: not available"
     echo "cpus: $(nproc)"
     free -g || true
-    "$PYTHON" - << 'EOF'
-import importlib.metadata as m
-import sys
-
-import torch
-
-print("python", sys.version.split()[0], sys.executable)
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", f"sm_{p.major}{p.minor}")
-    print("multiprocessors", p.multi_processor_count)
-packages = ["transformers", "accelerate", "deepspeed", "tokenizers", "webdataset", "soundfile", "soxr"]
-for name in [*packages, "nvidia-ml-py"]:
-    try:
-        print(name, m.version(name))
-    except m.PackageNotFoundError:
-        print(name, "not installed")
-EOF
+    "$PYTHON" -m tools.gpu_validate env
 }
 
 # step NAME SECONDS CMD...: run CMD (cut at SECONDS or at the time left), log it, record its exit status.
@@ -241,109 +224,8 @@ trainer() {
 }
 
 summarize() {
-    WORK=$WORK OUT=$OUT ZERO_STEPS=$ZERO_STEPS "$PYTHON" - << 'EOF'
-"""Checks and figures of every step -> summary.json and summary.md; exit 1 if any check failed."""
-
-import json
-import os
-from pathlib import Path
-
-from tools.bench import format_table
-from tools.benchmarks.gpu import check_run, quantity
-
-work, out = Path(os.environ["WORK"]), Path(os.environ["OUT"])
-zero_steps = int(os.environ["ZERO_STEPS"])
-status = {}
-for line in (work / "status.tsv").read_text().splitlines():
-    name, rc, seconds = line.split("\t")
-    status[name] = {"exit": rc, "seconds": int(seconds)}
-
-checks, figures = [], {"steps": status}
-
-
-def add(name, ok, detail):
-    checks.append({"check": name, "ok": bool(ok), "detail": detail})
-
-
-def log(name):
-    path = work / "logs" / f"{name}.log"
-    return path.read_text(errors="replace") if path.is_file() else ""
-
-
-for name, s in status.items():
-    add(f"{name} exits 0", s["exit"] == "0", f"exit {s['exit']} after {s['seconds']} s")
-
-for run in ("bf16", "fp16", "zero2", "zero2_fp32", "zero3", "zero3_fp32"):
-    path = work / "runs" / run
-    if not path.is_dir():
-        continue
-    try:
-        r = check_run(path)
-    except (OSError, ValueError) as e:
-        add(f"{run}: loss falls, no NaN", False, str(e))
-        continue
-    figures[run] = r
-    mem = f", max memory {r['max_memory_mb']:.0f} MB" if r["max_memory_mb"] else ""
-    add(
-        f"{run}: loss falls, no NaN",
-        r["finite"] and r["decreased"],
-        f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f} by step {r['last_step']}, "
-        f"{r['samples_per_s']:.0f} samples/s{mem}",
-    )
-    if run.startswith("zero"):
-        second = log(f"{run}_phase2")
-        resumed = "resumed from" in second and f"at step {zero_steps // 2}" in second
-        latest = path / "checkpoints" / "latest"
-        add(
-            f"{run}: checkpoint at {zero_steps // 2}, resumed to {zero_steps}",
-            resumed and r["last_step"] == zero_steps and latest.exists(),
-            f"resume line found: {resumed}; last logged step {r['last_step']}; latest -> "
-            f"{os.readlink(latest) if latest.is_symlink() else latest.exists()}",
-        )
-
-tables = []
-for audio in ("ast", "clap_htsat"):
-    path = out / f"bench_{audio}.json"
-    if not path.is_file():
-        continue
-    b = json.loads(path.read_text())
-    figures[f"bench_{audio}"] = {k: v for k, v in b.items() if k != "rows"}
-    finite = all(r["finite"] for r in b["rows"])
-    add(f"bench {audio}: losses finite", finite, f"{len(b['rows'])} rows")
-    if audio == "ast" and not b["tiny"]:
-        detail = f"MFU {b['mfu']:.3f}, whole step {b['mfu_step']:.3f}"
-        add("bench ast: MFU >= 0.40 (bf16, fwd+bwd)", b["mfu"] >= 0.40, detail)
-        if b["memory_ratio"] is not None:
-            ratio = b["memory_ratio"]
-            add("bench ast: memory with checkpointing <= 0.5x", ratio <= 0.5, f"{ratio:.3f}")
-    lines = [
-        f"### tools.bench gpu --audio {audio}",
-        "",
-        f"{b['device_name']}, {b['precision']}, batch {b['batch_size']} x {b['clip_seconds']} s, "
-        f"{b['params'] / 1e6:.1f} M parameters, {quantity(b['flops_per_step'], 'FLOP')} per step, "
-        f"peak {quantity(b['peak_tflops'] * 1e12, 'FLOP/s')} ({b['peak_source']}), matmul "
-        f"{quantity(b['matmul_tflops'] * 1e12, 'FLOP/s')}, MFU {b['mfu']:.3f} (step {b['mfu_step']:.3f}), "
-        f"memory ratio {b['memory_ratio']}",
-        "",
-        "```",
-        format_table(b["rows"]),
-        "```",
-    ]
-    tables.append("\n".join(lines))
-
-ok = all(c["ok"] for c in checks)
-summary = {"ok": ok, "checks": checks, "figures": figures}
-(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-env = (out / "env.txt").read_text(errors="replace") if (out / "env.txt").is_file() else ""
-md = ["# sonotext GPU validation", "", "```", env.strip(), "```", ""]
-md += ["| check | ok | detail |", "|---|---|---|"]
-md += [f"| {c['check']} | {'yes' if c['ok'] else 'NO'} | {c['detail']} |" for c in checks]
-md += ["", *tables, ""]
-(out / "summary.md").write_text("\n".join(md))
-print("\n".join(md))
-print("ALL CHECKS PASSED" if ok else "SOME CHECKS FAILED")
-raise SystemExit(0 if ok else 1)
-EOF
+    # checks and figures of every step -> summary.json and summary.md; exit 1 if any check failed
+    "$PYTHON" -m tools.gpu_validate summary --work "$WORK" --out "$OUT" --zero-steps "$ZERO_STEPS"
 }
 
 case "${1:-}" in

@@ -312,7 +312,7 @@ def similarity_examples(model, batches, num_clips: int, device=None) -> list[dic
     unique region texts, or its captions when it has no regions."""
     import torch
 
-    from trainer.evaluate import eval_mode, forward_batch
+    from trainer.embed import eval_mode, forward_batch
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     examples: list[dict[str, Any]] = []
@@ -389,13 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _similarity(args: argparse.Namespace) -> list[Path]:
     from shards.reader import iter_eval_batches
-    from tools.evaluate import check_checkpoint, checkpoint_sample_rate, load_model, pick_device
+    from trainer.checkpoint import checkpoint_sample_rate, load_model, model_dir
+    from trainer.distributed import local_device
 
     if args.num_clips <= 0:
         raise ValueError(f"--num-clips: must be > 0, got {args.num_clips}")
-    check_checkpoint(args.checkpoint)
-    device = pick_device(args.device)
-    model = load_model(args.checkpoint, device)
+    model_dir(args.checkpoint, "--checkpoint")
+    device = local_device(args.device)
+    model = load_model(args.checkpoint, device, "--checkpoint").eval()
     sample_rate = checkpoint_sample_rate(args.checkpoint, args.sample_rate, model)
     batches = iter_eval_batches(args.data, sample_rate=sample_rate, batch_size=min(args.num_clips, 8))
     written = []
@@ -409,6 +410,8 @@ def _similarity(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "curves":
@@ -423,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--labels: labels must differ, got {labels}")
             summaries = {label: run_summary(r) for label, r in zip(labels, args.runs)}
             written = [plot_compare(summaries, args.out, args.metrics, args.title)]
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not written:

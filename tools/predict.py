@@ -76,7 +76,7 @@ def predict(
 
     Text and audio chunks go through the model together; once one side is done the other goes alone.
     """
-    from trainer.evaluate import eval_mode, forward_batch
+    from trainer.embed import eval_mode, forward_batch
 
     device = torch.device(device)
     text_chunks = [list(queries[i : i + batch_size]) for i in range(0, len(queries), batch_size)]
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tools.evaluate import check_checkpoint, checkpoint_sample_rate, load_model, pick_device
+    from trainer.checkpoint import CheckpointError, checkpoint_sample_rate, load_model, model_dir
+    from trainer.distributed import local_device
 
     args = build_parser().parse_args(argv)
     try:
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--max-seconds: must be > 0, got {args.max_seconds}")
         queries = read_queries(args.queries)
         files = list_audio(args.audio_dir)
-        check_checkpoint(args.checkpoint)
-        device = pick_device(args.device)
-        model = load_model(args.checkpoint, device)
+        model_dir(args.checkpoint, "--checkpoint")
+        device = local_device(args.device)
+        model = load_model(args.checkpoint, device, "--checkpoint").eval()
         sample_rate = checkpoint_sample_rate(args.checkpoint, args.sample_rate, model)
         sim = predict(model, queries, files, sample_rate, args.batch_size, device, args.max_seconds)
         write_csv(args.out, queries, [f.name for f in files], sim)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {len(queries)} queries x {len(files)} audio files")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from shards.synthetic import LAYOUTS, MAX_SECONDS, MIN_SECONDS, SAMPLE_RATES, generate
+from synthetic.layouts import LAYOUTS, MAX_SECONDS, MIN_SECONDS, SAMPLE_RATES, generate
 
 
 def _int_at_least(low: int, what: str):

@@ -1,9 +1,10 @@
-"""Checkpoints that resume exactly and are never half-written.
+"""Checkpoints that resume exactly and are never half-written; the one place that knows their layout.
 
 Layout of ``RUN/checkpoints/step_N/``:
     accelerate/        accelerator.save_state: model, optimizer, scheduler, grad scaler, RNG of every process
                        (a DeepSpeed checkpoint under DeepSpeed)
-    model/             consolidated weights + model config + tokenizer (AudioTextModel.from_pretrained; tools.evaluate)
+    model/             consolidated weights + model config + tokenizer (AudioTextModel.save_pretrained), what
+                       `load_model` reads for evaluation, inference and train.init_from
     data/rank_R.pt     data-stream state of rank R
     trainer_state.json step, world size, data_seen, ...
     config.yaml        the resolved config of the run
@@ -15,6 +16,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
+MODEL_DIR = "model"
+CONFIG_FILE = "config.yaml"
+EVAL_CACHE_DIR = "eval_cache"
 
 
 class CheckpointError(RuntimeError):
@@ -107,8 +113,8 @@ def save_checkpoint(
     torch.save(data_state, tmp / "data" / f"rank_{accelerator.process_index}.pt")
     state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 (gathers the shards)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=state_dict)
-        (tmp / "config.yaml").write_text(config_yaml)
+        accelerator.unwrap_model(model).save_pretrained(tmp / MODEL_DIR, state_dict=state_dict)
+        (tmp / CONFIG_FILE).write_text(config_yaml)
         _write_json(tmp / STATE_FILE, {**trainer_state, "step": step})
     accelerator.wait_for_everyone()
 
@@ -121,6 +127,63 @@ def save_checkpoint(
         prune(ckpt_root, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def model_dir(path: str | Path, what: str = "checkpoint") -> Path:
+    """The saved model of a checkpoint (its model/ folder), or `path` itself when it is a saved model folder.
+
+    `what` names the path in errors: the config key or flag it came from (e.g. "train.init_from", "--checkpoint").
+    """
+    from trainer.model.joint import CONFIG_NAME
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{what} {path}: not a directory")
+    if (path / MODEL_DIR / CONFIG_NAME).is_file():
+        return path / MODEL_DIR
+    if (path / CONFIG_NAME).is_file():
+        return path
+    raise CheckpointError(
+        f"{what} {path}: holds no saved model (no {MODEL_DIR}/ folder with a {CONFIG_NAME}, and no {CONFIG_NAME}; "
+        "expected RUN/checkpoints/step_N)"
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", what: str = "checkpoint"):
+    """The AudioTextModel saved in a checkpoint (or a saved model folder), on `device`."""
+    from trainer.model import AudioTextModel
+
+    return AudioTextModel.from_pretrained(model_dir(path, what), device=device)
+
+
+def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
+    """The resolved run config stored with a checkpoint (CHECKPOINT/config.yaml, else RUN/config.yaml); {} if none."""
+    for path in (checkpoint / CONFIG_FILE, checkpoint.parent.parent / CONFIG_FILE):
+        if path.is_file():
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def checkpoint_sample_rate(checkpoint: Path, given: int | None = None, model=None) -> int:
+    """The rate audio is fed at: `given` (--sample-rate), else the model's `sample_rate`, else data.sample_rate of
+    the checkpoint's config; a clear error when none is known."""
+    if given is not None:
+        if given <= 0:
+            raise ValueError(f"--sample-rate: must be > 0, got {given}")
+        return given
+    rate = getattr(model, "sample_rate", None)
+    if not isinstance(rate, int) or rate <= 0:
+        rate = checkpoint_config(checkpoint).get("data", {}).get("sample_rate")
+    if not isinstance(rate, int) or rate <= 0:
+        raise ValueError(f"{checkpoint}: no sample rate in the model or its config.yaml; pass --sample-rate")
+    return rate
+
+
+def eval_cache_path(checkpoint: Path, task: str, urls: list[str], sample_rate: int, extra: str = "") -> Path:
+    """CHECKPOINT/eval_cache/TASK-HASH.npz; the hash covers the data urls, sample rate and query options."""
+    digest = hashlib.sha1(json.dumps([urls, sample_rate, extra]).encode("utf-8")).hexdigest()[:16]
+    return checkpoint / EVAL_CACHE_DIR / f"{task}-{digest}.npz"
 
 
 def load_data_state(path: Path, rank: int) -> dict[str, Any] | None:

@@ -1,6 +1,9 @@
-"""Accelerator construction: DDP (NCCL on GPU, gloo on CPU) or DeepSpeed, from our config alone.
+"""Processes: rank and world size, collectives on Python objects, joining a launcher's group, and the Accelerator.
 
-Two traps are handled here rather than left to users:
+Every helper works without a process group too (rank 0 of a world of 1), so callers need no special case.
+
+Accelerator construction: DDP (NCCL on GPU, gloo on CPU) or DeepSpeed, from our config alone. Two traps are
+handled here rather than left to users:
 - On a machine without CUDA, `Accelerator()` under a multi-process launcher (`torchrun`, `accelerate launch
   --multi_gpu`) silently runs N independent single-process jobs; we pass `cpu=True`, which makes Accelerate set
   up one gloo process group, and we refuse to continue if the world size still does not match the launcher's.
@@ -13,6 +16,7 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +28,58 @@ class LaunchError(RuntimeError):
 
 
 def launcher_world_size() -> int:
+    """The number of processes the launcher (torchrun, accelerate launch, SLURM via launch.job) started."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's object, in rank order, on rank 0 (None elsewhere)."""
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's object on every rank."""
+    _, world = rank_world()
+    if world == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def init_from_env() -> tuple[int, int]:
+    """(rank, world size); joins the process group a launcher (torchrun) describes in the environment.
+
+    For programs that run without Accelerate (tools.evaluate); NCCL on GPU, gloo on CPU.
+    """
+    world = launcher_world_size()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+    return rank_world()
+
+
+def local_device(given: str | None = None) -> torch.device:
+    """`given` (a --device flag), else this process's GPU (cuda:LOCAL_RANK) when there is one, else the CPU."""
+    if given:
+        return torch.device(given)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def deepspeed_plugin(cfg: Config):
@@ -70,11 +125,12 @@ def deepspeed_plugin(cfg: Config):
     return DeepSpeedPlugin(hf_ds_config=ds)
 
 
-def build_accelerator(cfg: Config):
+def build_accelerator(cfg: Config, cpu: bool = False):
+    """The Accelerator of a run (DDP or DeepSpeed); `cpu` keeps it on the CPU even where CUDA is visible."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    has_cuda = torch.cuda.is_available()
+    has_cuda = torch.cuda.is_available() and not cpu
     if cfg.train.mixed_precision == "fp16" and not has_cuda:
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.train.deepspeed and "LOCAL_RANK" not in os.environ:

@@ -1,7 +1,10 @@
-"""Periodic evaluation inside training: every set of `eval.retrieval` and `eval.temporal`, keys prefixed by set name."""
+"""Periodic evaluation inside training: every set of `eval.retrieval` and `eval.temporal`, keys prefixed by set name,
+written to RUN/eval/step_N.json."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from trainer.config import Config, EvalSetConfig
@@ -32,7 +35,8 @@ def partitions_parameters(accelerator) -> bool:
 
 def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
     """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
-    from trainer.evaluate import evaluate_retrieval, evaluate_temporal, load_relevance
+    from shards.relevance import load_relevance
+    from trainer.evaluate import evaluate_retrieval, evaluate_temporal
 
     rank, world = accelerator.process_index, accelerator.num_processes
     lockstep = world > 1 and partitions_parameters(accelerator)
@@ -41,7 +45,7 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
         report = evaluate_retrieval(
             model,
             eval_batches(s, cfg, rank, world),
-            relevance=load_relevance(s.urls),
+            relevance=load_relevance(s.urls, cfg.data.allow_pipe),
             device=accelerator.device,
             lockstep=lockstep,
         )
@@ -52,3 +56,12 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
         )
         results.update({f"{s.name}/{k}": v for k, v in report.items()})
     return results
+
+
+def write_report(out_dir: Path, step: int, results: dict[str, Any]) -> Path:
+    """OUT/eval/step_N.json with the step and every result, written atomically (main process only)."""
+    path = out_dir / "eval" / f"step_{step}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"step": step, **results}, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,13 +1,15 @@
-"""The step loop: draw a (weak or strong) batch, forward, weighted loss, accumulate, clip, step, log, eval, save."""
+"""The run: wires config, model, data stream, optimizer, step, evaluation, checkpoints and logging together.
+
+Every optimizer step draws `grad_accum` (weak or strong) batches and runs `trainer.step.train_step` on each, then
+steps the schedule; every `log_every` / `eval_every` / `save_every` steps it logs, evaluates, checkpoints. A stop
+signal (`trainer.stop`) makes it checkpoint and exit with EXIT_PREEMPTED.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,123 +18,11 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer.config import Config, dump_yaml, to_dict
 from trainer.distributed import build_accelerator, destroy
-from trainer.losses import (
-    clip_contrastive_loss,
-    region_contrastive_loss,
-    temporal_order_loss,
-    temporal_order_texts,
-)
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import build_optimizer, build_scheduler, rebase_schedule
+from trainer.step import move_batch, train_step
+from trainer.stop import EXIT_PREEMPTED, StopFlag
 from trainer.tracking import MetricsLogger
-
-EXIT_PREEMPTED = 75
-"""Exit status after a SIGTERM/SIGUSR1-triggered checkpoint: the run is not finished, resume it."""
-
-
-@dataclass
-class StepLoss:
-    """Loss of one micro-batch and its parts (parts are detached floats for logging)."""
-
-    total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; checked (and agreed on by all ranks) between optimizer steps."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
-def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLoss:
-    """One forward through the (wrapped) model and the loss of the batch's kind.
-
-    Outputs a batch kind does not use still enter the loss with weight 0, so every parameter receives a gradient
-    each step: DDP then needs no unused-parameter search, and ZeRO's reduction buckets are the same every step.
-    """
-    strong = batch["kind"] == "strong"
-    texts = list(batch["region_text"] if strong else batch["captions"])
-    n_main = len(texts)
-    order_pairs: list[tuple[int, int, int]] = []
-    if not strong and cfg.loss.temporal_weight > 0:
-        for i, caption in enumerate(batch["captions"]):
-            pair = temporal_order_texts(caption)
-            if pair is not None:
-                order_pairs.append((i, len(texts), len(texts) + 1))
-                texts.extend(pair)
-    tokens = {k: v.to(batch["audio"].device) for k, v in tokenize(texts).items()}
-    out = model(batch["audio"], batch["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
-    parts: dict[str, float] = {}
-    text = out.text[:n_main]
-    if strong:
-        loss = cfg.loss.strong_weight * region_contrastive_loss(
-            out.audio_frames,
-            out.frame_mask,
-            out.frame_rate,
-            text,
-            batch["region_clip"],
-            batch["onsets"],
-            batch["offsets"],
-            cfg.loss.strong_tau,
-            text_ids=batch.get("region_text_ids"),
-            clip_ids=batch.get("clip_ids"),
-        )
-        parts["loss_strong"] = loss.item() / max(cfg.loss.strong_weight, 1e-12)
-        unused = out.audio_clip.sum() + out.logit_scale
-    else:
-        loss = cfg.loss.weak_weight * clip_contrastive_loss(
-            out.audio_clip, text, out.logit_scale, clip_ids=batch.get("clip_ids")
-        )
-        parts["loss_weak"] = loss.item() / max(cfg.loss.weak_weight, 1e-12)
-        unused = out.audio_frames.sum()
-        if order_pairs:
-            idx = torch.tensor(order_pairs, device=out.text.device)
-            temporal = temporal_order_loss(out.text[idx[:, 0]], out.text[idx[:, 1]], out.text[idx[:, 2]])
-            loss = loss + cfg.loss.temporal_weight * temporal
-            parts["loss_temporal"] = temporal.item()
-    return StepLoss(loss + 0.0 * unused, parts)
-
-
-def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
-    """Captions and region texts of the training sources, to train the offline tokenizer of a random-init text tower."""
-    from shards.reader import iter_sample_json
-
-    texts: list[str] = []
-    for src in [*cfg.data.weak, *cfg.data.strong]:
-        for meta in iter_sample_json(src.urls, limit=limit, allow_pipe=cfg.data.allow_pipe):
-            texts.extend(meta.get("captions") or [])
-            texts.extend(r["text"] for r in meta.get("strong") or [])
-    return texts
-
-
-def model_dir(path: str | Path) -> Path:
-    """A checkpoint dir (its model/ subfolder) or a model folder saved by AudioTextModel.save_pretrained."""
-    path = Path(path)
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    if (path / "config.json").is_file():
-        return path
-    raise ckpt.CheckpointError(
-        f"train.init_from: {path} holds no saved model (no model/config.json or config.json)"
-    )
+from trainer.vocab import collect_tokenizer_texts
 
 
 class Trainer:
@@ -140,7 +30,7 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         from shards.mixing import MixedStream
-        from trainer.model import AudioTextModel, build_model
+        from trainer.model import build_model
 
         self.cfg = cfg
         self.accelerator = acc = build_accelerator(cfg)
@@ -158,9 +48,9 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.ckpt_root)
         if self.resume_from is not None:
             # The tokenizer of a random-init text tower was trained at the start of the run: take the saved one.
-            model = AudioTextModel.from_pretrained(self.resume_from / "model")
+            model = ckpt.load_model(self.resume_from)
         elif cfg.train.init_from:
-            model = AudioTextModel.from_pretrained(model_dir(cfg.train.init_from))
+            model = ckpt.load_model(cfg.train.init_from, what="train.init_from")
         else:
             texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)
@@ -206,17 +96,9 @@ class Trainer:
                 self.cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=seed
             )
             acc.print(f"resume: the data stream restarts (seed {seed}), its saved state does not apply: {e}")
-        self._sync_schedule()
+        # This run's optim.lr and max_steps may differ from the saved run's.
+        rebase_schedule(self.scheduler, self.cfg.optim.lr)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
-
-    def _sync_schedule(self) -> None:
-        """The lr of the resumed step from this run's config (optim.lr, max_steps may differ from the saved run's)."""
-        s = self.scheduler
-        s.base_lrs = [self.cfg.optim.lr] * len(s.base_lrs)
-        lrs = [base * f(s.last_epoch) for base, f in zip(s.base_lrs, s.lr_lambdas)]
-        for group, lr in zip(s.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        s._last_lr = lrs
 
     def save(self) -> Path:
         sources = sorted(self.stream.data_seen)
@@ -242,7 +124,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
-        from trainer.eval_runner import evaluate_sets
+        from trainer.eval_runner import evaluate_sets, write_report
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
@@ -252,24 +134,11 @@ class Trainer:
         finally:
             model.train(was_training)
         if self.accelerator.is_main_process and results:
-            path = self.out_dir / "eval" / f"step_{self.step}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"step": self.step, **results}, indent=2, sort_keys=True) + "\n")
-            tmp.replace(path)
+            write_report(self.out_dir, self.step, results)
             self.logger.log_eval(self.step, results)
         return results
 
     # -- the loop ---------------------------------------------------------------------------------------------------
-
-    def _grad_norm(self) -> float:
-        engine = getattr(self.model, "get_global_grad_norm", None)
-        if engine is not None:  # DeepSpeed computes (and clips by) the norm inside its step
-            norm = engine()
-            return float(norm) if norm is not None else math.nan
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.train.grad_clip > 0:
-            return float(self.accelerator.clip_grad_norm_(params, self.cfg.train.grad_clip))
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
 
     def _world_sum(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
@@ -304,13 +173,10 @@ class Trainer:
                 for _ in range(cfg.train.grad_accum):
                     batch = move_batch(next(batches), acc.device)
                     last_kind = batch["kind"]
-                    with acc.accumulate(self.model), acc.autocast():
-                        result = compute_loss(self.model, self.tokenize, batch, cfg)
-                        acc.backward(result.total)
-                        if acc.sync_gradients:
-                            grad_norm = self._grad_norm()
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    step = train_step(acc, self.model, self.optimizer, self.tokenize, batch, cfg)
+                    result = step.loss
+                    if step.grad_norm is not None:
+                        grad_norm = step.grad_norm
                     for k, v in result.parts.items():
                         window.setdefault(k, []).append(v)
                     window.setdefault("loss", []).append(result.total.item())

@@ -14,7 +14,6 @@ keys / caption strings.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 
@@ -22,6 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from shards.schema import stable_id
+from trainer.distributed import rank_world
 
 # A region spans frames [floor(onset * rate), ceil(offset * rate)); this slack keeps float noise such as
 # 0.2 * 25 = 5.000000000000001 from adding a frame.
@@ -31,12 +33,6 @@ _FRAME_EPS = 1e-6
 # ---------------------------------------------------------------------------------------------------------------------
 # Cross-rank gathering
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _all_gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -61,7 +57,7 @@ def gather_features(x: Tensor) -> Tensor:
     This is open_clip's ``gather_features`` (gather_with_grad=False): every rank then computes the same
     global loss, and the gradient w.r.t. the local embeddings is that loss's full gradient for them.
     """
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     parts = _all_gather_varsize(x, _all_gather_sizes(x.shape[0], x.device))
@@ -91,7 +87,7 @@ def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
     Use it when each rank computes only its share of a loss (the region loss): the backward pass sums the
     shares' gradients, so it is a collective every rank must reach.
     """
-    rank, world = _world()
+    rank, world = rank_world()
     if world == 1:
         return x
     if sizes is None:
@@ -100,12 +96,11 @@ def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
 
 
 def string_ids(strings: Sequence[str]) -> Tensor:
-    """Stable int64 ids of strings (same string -> same id on every rank and run), e.g. for clip_ids/text_ids."""
-    ids = [
-        int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-        for s in strings
-    ]
-    return torch.tensor(ids, dtype=torch.long)
+    """Stable int64 ids of strings (same string -> same id on every rank and run), e.g. for clip_ids/text_ids.
+
+    The ids `shards.schema.stable_id` gives, i.e. the ones the reader puts in batches.
+    """
+    return torch.tensor([stable_id(s) for s in strings], dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,7 +202,7 @@ def region_contrastive_loss(
     clip: its captions are then never negatives of itself.
     """
     _check_region_inputs(frames, frame_mask, region_text, region_clip, onsets, offsets, text_ids)
-    rank, world = _world()
+    rank, world = rank_world()
     device = frames.device
     num_clips, num_frames, _ = frames.shape
     num_regions = region_text.shape[0]
@@ -371,18 +366,6 @@ def _finish(text: str, capital: bool, end: str) -> str:
     if capital:
         text = text[:1].upper() + text[1:]
     return text + end
-
-
-def temporal_order_triplets(captions: Sequence[str]) -> tuple[list[int], list[str], list[str]]:
-    """Indices of the captions that have a temporal connective, with their paraphrases and reversals."""
-    index, paraphrases, reversals = [], [], []
-    for i, caption in enumerate(captions):
-        pair = temporal_order_texts(caption)
-        if pair is not None:
-            index.append(i)
-            paraphrases.append(pair[0])
-            reversals.append(pair[1])
-    return index, paraphrases, reversals
 
 
 def temporal_order_loss(anchor: Tensor, paraphrase: Tensor, reversal: Tensor, margin: float = 0.2) -> Tensor:

@@ -54,3 +54,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, max_steps, cfg.schedule, cfg.min_lr_ratio)
     )
+
+
+def rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Point a (resumed) schedule at peak `lr` and set the lr of its current step from it, e.g. after resuming a
+    run whose config changed optim.lr or train.max_steps (the schedule's lambdas come from the new config)."""
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    lrs = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, value in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = value
+    scheduler._last_lr = lrs

@@ -92,13 +92,6 @@ def first_dir(candidates: Sequence[Path]) -> Path:
     return next((p for p in candidates if p.is_dir()), candidates[0])
 
 
-def require_file(path: Path, what: str) -> Path:
-    """`path` if it is a file, else a SourceError naming it."""
-    if not path.is_file():
-        raise SourceError(f"{what} not found: {path} (is --src the dataset's root folder?)")
-    return path
-
-
 def find_file(candidates: Sequence[Path], what: str) -> Path:
     """The first existing file among layout variants; the error names the documented one."""
     for p in candidates:

@@ -1,4 +1,6 @@
-"""Fixtures for launcher tests: a reachable SLURM cluster (or a skip saying why), tiny real shards, job polling.
+"""Fixtures for launcher tests: a reachable SLURM cluster (or a skip saying why), job polling, CLI runs.
+
+The tiny real shards are the suite's `tiny_shards` (tests/conftest.py).
 
 The SLURM cluster is whatever `sinfo` reaches: SLURM_CONF from the environment, else the single-node cluster
 that `tools/slurm_local.sh start` runs (its slurm.conf under $SONOTEXT_SLURM_DIR, default /tmp/sonotext-slurm).
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import debug_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_SLURM_DIR = Path(os.environ.get("SONOTEXT_SLURM_DIR", "/tmp/sonotext-slurm"))
@@ -99,33 +103,6 @@ def slurm() -> Slurm:
 
 
 @pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> Path:
-    """Real shards of a few 3 s clips: tools.synthetic (Clotho + TACOS layouts) -> tools.convert, at 16 kHz."""
-    try:
-        from tools.convert import main as convert
-        from tools.synthetic import main as synthetic
-    except ImportError as e:
-        pytest.skip(f"tools.synthetic/tools.convert not available: {e}")
-    root = tmp_path_factory.mktemp("launch-data")
-    raw, out = root / "raw", root / "shards"
-    assert synthetic(["--out", str(raw), "--clips", "12", "--seed", "0", "--seconds", "3"]) == 0
-    assert convert(["clotho", "--src", str(raw / "clotho"), "--out", str(out), "--sample-rate", "16000"]) == 0
-    tacos = [
-        "tacos",
-        "--src",
-        str(raw / "tacos"),
-        "--out",
-        str(out),
-        "--sample-rate",
-        "16000",
-        "--test-size",
-        "4",
-    ]
-    assert convert(tacos) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
 def trainer_ready() -> None:
     """Skip when the trainer entry point is not importable yet."""
     try:
@@ -135,22 +112,9 @@ def trainer_ready() -> None:
         pytest.skip(f"trainer not available: {e}")
 
 
-def debug_overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    """configs/debug.yaml pointed at `tiny_shards` and a private output dir."""
-    return [
-        f"run.output_dir={run_dir}",
-        f"data.weak.0.urls={shards}/clotho/development",
-        f"data.strong.0.urls={shards}/tacos/train",
-        f"eval.retrieval.0.urls={shards}/clotho/evaluation",
-        f"eval.temporal.0.urls={shards}/tacos/test",
-        "data.clip_seconds=3.0",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="session")
 def debug_args():
-    """The `debug_overrides` helper (fixtures are how tests share code here)."""
+    """tests.helpers.debug_overrides: configs/debug.yaml pointed at `tiny_shards` and a private output dir."""
     return debug_overrides
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from launch.cluster import ClusterConfig, load_cluster, sbatch_parameters
-from trainer.config import ConfigError, field_docs
+from trainer.configparse import ConfigError, field_docs
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_FILES = sorted((REPO / "configs" / "clusters").glob("*.yaml"))

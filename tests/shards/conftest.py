@@ -67,7 +67,7 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def write_split(
+def write_tars(
     folder: Path,
     samples: list[tuple[dict, np.ndarray]],
     per_shard: int,
@@ -75,7 +75,10 @@ def write_split(
     manifest: bool = True,
     prefix: str = "toy-train",
 ) -> Path:
-    """Write (meta, int16 audio) samples as shards `{prefix}-NNNNNN.tar` (+ manifest.json) into `folder`."""
+    """Write (meta, int16 audio) samples as hand-made tars `{prefix}-NNNNNN.tar` (+ manifest.json) into `folder`.
+
+    Not the production writer (tests.helpers.write_split is): reader tests need shards without a manifest,
+    without checksums, or with exact int16 ramps."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for s, first in enumerate(range(0, len(samples), per_shard)):
@@ -144,13 +147,13 @@ def make_samples(
 def toy_data(tmp_path_factory) -> Path:
     """A weak source (2 sources x 4 shards) and a strong source (3 shards), 8 kHz, 0.5-1 s clips."""
     root = tmp_path_factory.mktemp("toy")
-    write_split(root / "wa", make_samples("wa", 40, 8000, seed=1), 10, 8000, prefix="wa-train")
-    write_split(root / "wb", make_samples("wb", 40, 8000, seed=2), 10, 8000, prefix="wb-train")
-    write_split(root / "st", make_samples("st", 30, 8000, strong=True, seed=3), 10, 8000, prefix="st-train")
+    write_tars(root / "wa", make_samples("wa", 40, 8000, seed=1), 10, 8000, prefix="wa-train")
+    write_tars(root / "wb", make_samples("wb", 40, 8000, seed=2), 10, 8000, prefix="wb-train")
+    write_tars(root / "st", make_samples("st", 30, 8000, strong=True, seed=3), 10, 8000, prefix="st-train")
     return root
 
 
 @pytest.fixture(scope="session")
 def kit():
-    """This module's helpers (ramp, write_split, make_samples, ...) for tests that build their own shards."""
+    """This module's helpers (ramp, write_tars, make_samples, ...) for tests that build their own shards."""
     return sys.modules[__name__]

@@ -14,8 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
+
+from tests.helpers import tone
 
 RATE = 44100
 
@@ -30,19 +31,12 @@ class Expect:
     """source_id -> reason category (the text before ':' in the manifest's reason)."""
 
 
-def tone(seconds: float, rate: int = RATE, freq: float = 440.0, channels: int = 2) -> np.ndarray:
-    """A sine, [frames] or [frames, channels] float32; each channel at a slightly different level."""
-    t = np.arange(round(seconds * rate)) / rate
-    x = (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return x if channels == 1 else np.stack([x * (1 - 0.1 * c) for c in range(channels)], axis=1)
-
-
 def write_audio(path: Path, seconds: float, rate: int = RATE, freq: float = 440.0, channels: int = 2) -> Path:
     """A tone in the format the extension names (.wav 16-bit, .flac, .mp3)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".mp3": "MP3"}[path.suffix.lower()]
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "MP3": None}[fmt]
-    sf.write(path, tone(seconds, rate, freq, channels), rate, format=fmt, subtype=subtype)
+    sf.write(path, tone(seconds, rate, freq, channels=channels), rate, format=fmt, subtype=subtype)
     return path
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from shards.audio import AudioError, decode_flac, encode_flac, iter_segments, read_audio
+from tests import helpers
 
-
-def tone(seconds, sr, freq=440.0):
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+tone = partial(helpers.tone, amplitude=0.5)
 
 
 def test_stereo_wav_to_mono_resampled(tmp_path):

@@ -249,7 +249,7 @@ def test_bad_sources_are_named(toy_data):
 
 
 def test_worker_without_samples_is_an_error(tmp_path, kit):
-    kit.write_split(tmp_path / "tiny", kit.make_samples("tiny", 1, SR), 1, SR, prefix="tiny")
+    kit.write_tars(tmp_path / "tiny", kit.make_samples("tiny", 1, SR), 1, SR, prefix="tiny")
     cfg = data_cfg(tmp_path, weak=[SourceConfig("tiny", str(tmp_path / "tiny"))], strong=[], strong_every=0)
     with pytest.raises(
         ShardError, match=r"source tiny: worker 1 found no readable samples .*every 2-th sample"

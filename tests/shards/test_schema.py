@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
-from shards.schema import KeyAllocator, Region, Sample, SchemaError, make_key, validate_sample
+from shards.schema import KeyAllocator, Region, Sample, SchemaError, make_key, stable_id, validate_sample
 
 
 def sample(**kw):
@@ -76,3 +79,11 @@ def test_from_json_rejects_garbage():
         Sample.from_json(b"{nope")
     with pytest.raises(SchemaError, match="missing field 'duration'"):
         Sample.from_json({"key": "a", "dataset": "d", "split": "s", "source_id": "a", "sample_rate": 1})
+
+
+def test_stable_id_is_the_same_in_another_process():
+    code = "from shards.schema import stable_id; print(stable_id('toy-0001'), stable_id('a dog barks'))"
+    env = dict(os.environ, PYTHONHASHSEED="123")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == [str(stable_id("toy-0001")), str(stable_id("a dog barks"))]
+    assert 0 <= stable_id("toy-0001") < 2**63 and stable_id("toy-0001") != stable_id("toy-0002")

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tools.bench import main as bench_main
-from tools.benchmarks.gpu import check_run, flop_counter, mfu, peak_tflops_for, quantity
+from tools.benchmarks.gpu_figures import check_run, flop_counter, mfu, peak_tflops_for, quantity
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from shards.audio import encode_flac
-from shards.schema import Region, Sample, make_key
-from shards.writer import ShardWriter
+from tests.helpers import tone, toy_sample, write_split
 from tools import evaluate as evaluate_cli
 from tools import plot as plot_cli
 from tools import predict as predict_cli
@@ -20,34 +17,6 @@ from trainer.config import LossConfig, ModelConfig
 from trainer.model import build_model
 
 SR = 8000
-
-
-def tone(seconds: float, freq: float, start: float = 0.0, stop: float | None = None) -> np.ndarray:
-    t = np.arange(round(seconds * SR)) / SR
-    inside = (t >= start) & (t < (seconds if stop is None else stop))
-    return (0.4 * np.sin(2 * np.pi * freq * t) * inside).astype(np.float32)
-
-
-def write_split(root: Path, split: str, samples: list[tuple[Sample, np.ndarray]], relevance=None) -> Path:
-    out = root / "toy" / split
-    extra = {"relevance": relevance} if relevance else None
-    with ShardWriter(out, "toy", split, SR, max_samples=3, extra_manifest=extra) as w:
-        for sample, audio in samples:
-            w.write(sample, encode_flac(audio, SR))
-    return out
-
-
-def sample(source_id: str, split: str, captions=(), regions=(), seconds: float = 2.0) -> Sample:
-    return Sample(
-        key=make_key("toy", source_id),
-        dataset="toy",
-        split=split,
-        source_id=source_id,
-        duration=seconds,
-        sample_rate=SR,
-        captions=list(captions),
-        strong=[Region(t, a, b) for t, a, b in regions],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +29,17 @@ def setup(tmp_path_factory):
         "evaluation",
         [
             (
-                sample(
-                    f"clip {k}.wav", "evaluation", [f"a tone at {f:.0f} hertz", f"a steady beep number {k}"]
+                toy_sample(
+                    f"clip {k}.wav",
+                    "evaluation",
+                    SR,
+                    [f"a tone at {f:.0f} hertz", f"a steady beep number {k}"],
                 ),
-                tone(2.0, f),
+                tone(2.0, SR, f),
             )
             for k, f in enumerate(freqs)
         ],
+        SR,
         relevance={"a tone at 300 hertz": ["clip 0.wav", "clip 1.wav"], "unknown query": ["clip 2.wav"]},
     )
     strong = write_split(
@@ -74,11 +47,12 @@ def setup(tmp_path_factory):
         "test",
         [
             (
-                sample(f"s{k}.wav", "test", regions=[(f"beep {k}", 0.5, 1.5), ("silence", 1.5, 2.0)]),
-                tone(2.0, f, 0.5, 1.5),
+                toy_sample(f"s{k}.wav", "test", SR, regions=[(f"beep {k}", 0.5, 1.5), ("silence", 1.5, 2.0)]),
+                tone(2.0, SR, f, start=0.5, stop=1.5),
             )
             for k, f in enumerate(freqs)
         ],
+        SR,
     )
     texts = [c for k in range(5) for c in (f"a tone at {freqs[k]:.0f} hertz", f"beep {k}")] + ["silence"]
     model = build_model(ModelConfig(), LossConfig(), sample_rate=SR, tokenizer_texts=texts)
@@ -171,7 +145,7 @@ def test_predict_cli(setup, tmp_path, capsys):
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     for name, f in [("b beep.wav", 500.0), ("a tone.flac", 300.0), ("c.wav", 900.0)]:
-        sf.write(audio_dir / name, tone(2.0, f), SR)
+        sf.write(audio_dir / name, tone(2.0, SR, f), SR)
     (audio_dir / "notes.txt").write_text("not audio")
     queries = tmp_path / "queries.csv"
     queries.write_text('caption\na tone at 300 hertz\n"beep, beep"\nsilence\n', encoding="utf-8")

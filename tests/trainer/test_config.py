@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import Config, ConfigError, field_docs, load_config
+from trainer.config import Config, ConfigError, load_config
+from trainer.configparse import field_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING_CONFIGS = sorted(

@@ -4,6 +4,7 @@ pretrained-folder loading with resampling, tokenizers, save/load round trips."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from transformers import (
     WhisperModel,
 )
 
+from tests import helpers
 from trainer.config import AudioModelConfig, LossConfig, ModelConfig, TextModelConfig
 from trainer.losses import clip_contrastive_loss
 from trainer.model import AudioTextModel, ModelOutput, build_model
@@ -61,15 +63,15 @@ def tiny_config(audio: str = "conv", text: str = "tiny", **text_kw) -> ModelConf
     )
 
 
-def tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    noise = np.random.default_rng(seed).standard_normal(t.size)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * noise).astype(np.float32)
+tone = partial(helpers.tone, amplitude=0.3, noise=0.05)  # a sine in faint noise
 
 
 def batch(rate: int = 16000, seconds: float = 0.5, real: float = 0.3):
     audio = torch.stack(
-        [torch.from_numpy(tone(seconds, rate, 440, 0)), torch.from_numpy(tone(seconds, rate, 880, 1))]
+        [
+            torch.from_numpy(tone(seconds, rate, 440, seed=0)),
+            torch.from_numpy(tone(seconds, rate, 880, seed=1)),
+        ]
     )
     mask = torch.ones_like(audio, dtype=torch.bool)
     mask[1, int(real * rate) :] = False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, train_overrides
+from tests.helpers import ROOT, train_overrides
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 
@@ -275,6 +275,10 @@ def test_single_process_deepspeed_bf16_then_init_from(tiny_shards, tmp_path):
     # Same data and seed: only the starting weights differ.
     assert losses(init)[1] != losses(fresh)[1]
     bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "nothing")})
+    proc = run_trainer(bad)
+    assert proc.returncode == 2 and "train.init_from" in proc.stderr and "not a directory" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    bad = train_overrides(tiny_shards, tmp_path / "bad", **{"train.init_from": str(tmp_path / "empty")})
     proc = run_trainer(bad)
     assert proc.returncode == 2 and "holds no saved model" in proc.stderr
 

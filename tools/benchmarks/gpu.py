@@ -1,8 +1,9 @@
 """GPU training benchmark: a realistic audio-text model fed by the real loader — samples/s, step breakdown, memory, MFU.
 
 The model is AST-base (or LAION-CLAP's HTSAT) + RoBERTa-base, random init from their configs, trained with the
-trainer's own step (trainer.loop.compute_loss, AdamW from trainer.optim, gradient clipping; GradScaler in fp16)
-on batches from shards.mixing.MixedStream over synthetic shards (tools.synthetic layout -> the Clotho converter).
+trainer's own step (trainer.step.train_step under the trainer's Accelerator: autocast, compute_loss, backward,
+gradient clipping, AdamW from trainer.optim; Accelerate's GradScaler in fp16) on batches from
+shards.mixing.MixedStream over synthetic shards (synthetic.layouts -> the Clotho converter).
 
 Each step is split on the device's own timeline (CUDA events; wall clock on CPU) into data (waiting for the
 loader + host-to-device copy), forward (tokenize + both towers + loss), backward, optimizer (clip + AdamW).
@@ -31,39 +32,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import json
 import math
 import os
-import re
-import statistics
 import sys
 import tempfile
-import threading
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from tools.benchmarks.gpu_figures import flop_counter, module_flops, peak_tflops_for, quantity
+from tools.benchmarks.gpu_measure import StepRunner, measure, measure_matmul_tflops
 from trainer.config import Config, load_config
-
-PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    # Dense (no sparsity) bf16 tensor-core peak per GPU from NVIDIA's datasheets; the first matching pattern wins.
-    (r"H100.*PCIe", 756.0),
-    (r"H[12]00.*NVL", 835.0),
-    (r"H100|H200", 989.4),  # SXM / HBM3 boards and GH200
-    (r"A100", 312.0),
-    (r"L40S", 362.0),
-    (r"L40\b", 181.0),
-    (r"\bL4\b", 121.0),
-    (r"\bA30\b", 165.0),
-    (r"\bA10\b", 125.0),
-)
 
 MFU_TARGET = 0.40
 MEMORY_TARGET = 0.5
@@ -284,307 +265,6 @@ def resolve(args: argparse.Namespace) -> Settings:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Pure figures
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def peak_tflops_for(device_name: str) -> float | None:
-    """Dense bf16 tensor-core peak (TFLOP/s) of a GPU from its CUDA device name, or None if not in the table."""
-    for pattern, peak in PEAK_TFLOPS:
-        if re.search(pattern, device_name, flags=re.IGNORECASE):
-            return peak
-    return None
-
-
-def mfu(flops: float, seconds: float, peak_tflops: float) -> float:
-    """Model FLOPs utilisation: FLOPs done in `seconds` as a fraction of `peak_tflops` (TFLOP/s)."""
-    return flops / seconds / (peak_tflops * 1e12)
-
-
-def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def _attention_mapping() -> dict[Any, Any]:
-    """FlopCounterMode formulas for the CPU flash-attention kernels, which torch's table lacks (CUDA's are there)."""
-    aten = torch.ops.aten
-    mapping = {}
-    for name, formula in (
-        ("_scaled_dot_product_flash_attention_for_cpu", _cpu_attention_flops),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_attention_backward_flops),
-    ):
-        if hasattr(aten, name):
-            mapping[getattr(aten, name)] = formula
-    return mapping
-
-
-def flop_counter() -> FlopCounterMode:
-    """A silent FlopCounterMode that also counts attention on CPU."""
-    return FlopCounterMode(display=False, custom_mapping=_attention_mapping())
-
-
-def module_flops(counter: FlopCounterMode, suffix: str) -> int:
-    """FLOPs the counter attributed to the module whose name ends with `suffix` (0 if none)."""
-    for name, ops in counter.get_flop_counts().items():
-        if name.endswith(suffix):
-            return int(sum(ops.values()))
-    return 0
-
-
-def check_run(run_dir: str | Path, window: int = 3) -> dict[str, Any]:
-    """Loss trend of a training run's metrics.jsonl: finite everywhere, and lower over the last `window` records
-    than over the first `window`."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics (did the run start?)")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(records) < 2:
-        raise ValueError(f"{path}: {len(records)} metrics records; need at least 2 to see a trend")
-    losses = [r.get("loss") for r in records]
-    finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses)
-    k = max(1, min(window, len(records) // 2))
-    first = statistics.fmean(losses[:k]) if finite else math.nan
-    last = statistics.fmean(losses[-k:]) if finite else math.nan
-    memory = [r["max_memory_mb"] for r in records if r.get("max_memory_mb") is not None]
-    return {
-        "run": str(run_dir),
-        "last_step": int(records[-1]["step"]),
-        "records": len(records),
-        "finite": finite,
-        "loss_first": first,
-        "loss_last": last,
-        "decreased": bool(finite and last < first),
-        "max_memory_mb": max(memory) if memory else None,
-        "samples_per_s": statistics.fmean(r["samples_per_s"] for r in records[k:] or records),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Measuring
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class Timeline:
-    """Named marks on the device's timeline: CUDA events on a GPU (when the GPU got there), wall time on CPU.
-
-    A span is named by the mark that ends it and runs from the previous mark, so consecutive marks partition
-    the time; on a GPU a span includes the time the GPU sat idle waiting for the host to queue work.
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list[tuple[str, Any]] = []
-
-    def mark(self, name: str) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append((name, event))
-        else:
-            self.marks.append((name, time.perf_counter()))
-
-    def spans_ms(self) -> dict[str, float]:
-        """Total milliseconds per span name."""
-        if self.cuda:
-            torch.cuda.synchronize()
-        totals: dict[str, float] = defaultdict(float)
-        for (_, start), (name, end) in itertools.pairwise(self.marks):
-            totals[name] += start.elapsed_time(end) if self.cuda else 1000.0 * (end - start)
-        return dict(totals)
-
-
-class UtilisationSampler:
-    """NVML GPU utilisation sampled in a thread while running (torch.cuda.utilization needs pynvml)."""
-
-    def __init__(self, device: torch.device, period: float = 0.05):
-        self.device = device
-        self.period = period
-        self.samples: list[float] = []
-        self.available = device.type == "cuda" and _nvml_works(device)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> UtilisationSampler:
-        if self.available:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.samples.append(torch.cuda.utilization(self.device) / 100.0)
-
-    def mean(self) -> float | None:
-        return statistics.fmean(self.samples) if self.samples else None
-
-
-def _nvml_works(device: torch.device) -> bool:
-    try:
-        torch.cuda.utilization(device)
-    except Exception:  # pynvml missing, or NVML unsupported here (containers, MIG): the column stays empty
-        return False
-    return True
-
-
-class StepRunner:
-    """The trainer's optimizer step on one model: compute_loss under autocast, backward, clip, AdamW."""
-
-    def __init__(self, model, cfg: Config, device: torch.device, precision: str):
-        from trainer.optim import build_optimizer
-
-        self.model = model
-        self.cfg = cfg
-        self.device = device
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.optimizer = build_optimizer(model, cfg.optim)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def forward_backward(self, batch: dict[str, Any], timeline: Timeline | None = None) -> float:
-        """Forward + backward of `batch`; returns its loss."""
-        from trainer.loop import compute_loss
-
-        with self.autocast():
-            result = compute_loss(self.model, self.model.tokenize, batch, self.cfg)
-        if timeline is not None:
-            timeline.mark("forward")
-        loss = result.total if self.scaler is None else self.scaler.scale(result.total)
-        loss.backward()
-        if timeline is not None:
-            timeline.mark("backward")
-        return sum(result.parts.values())
-
-    def step(self, batch: dict[str, Any], timeline: Timeline | None = None) -> float:
-        """One optimizer step on `batch` (as trainer.loop does it); returns the loss."""
-        loss = self.forward_backward(batch, timeline)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
-        float(norm)  # the trainer reads the norm every step for its logs: the same synchronisation
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if timeline is not None:
-            timeline.mark("optimizer")
-        return loss
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeat: int = 10) -> float:
-    """TFLOP/s of an n x n x n matrix product in `dtype` on `device` (random data, best of `repeat`)."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    for _ in range(3):
-        a @ b
-    best = math.inf
-    for _ in range(repeat):
-        timeline = Timeline(device)
-        timeline.mark("start")
-        a @ b
-        timeline.mark("matmul")
-        best = min(best, timeline.spans_ms()["matmul"] / 1000.0)
-    return 2 * n**3 / best / 1e12
-
-
-def measure(
-    runner: StepRunner,
-    stream_factory: Callable[[int], Iterable[dict]],
-    workers: int,
-    warmup: int,
-    steps: int,
-    flops: int,
-    peak: float,
-    progress: Any,
-) -> dict[str, Any]:
-    """Train `warmup` + `steps` steps on batches of a fresh loader with `workers` processes; one row of figures.
-
-    The warmup is at least 2 steps per loader process: the DataLoader's workers start together and queue 2
-    batches each, a burst that would otherwise make the first timed steps look fed faster than they can be.
-    """
-    from trainer.loop import move_batch
-
-    device = runner.device
-    batches: Iterator[dict] = iter(stream_factory(workers))
-    try:
-        for _ in range(max(warmup, 2 * workers)):
-            runner.step(move_batch(next(batches), device))
-            progress.update(1)
-        synchronize(device)
-        cuda = device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            resident = torch.cuda.memory_allocated(device)
-        timeline = Timeline(device)
-        losses, waited = [], 0.0
-        with UtilisationSampler(device) as util:
-            start = time.perf_counter()
-            timeline.mark("start")
-            for _ in range(steps):
-                t = time.perf_counter()
-                raw = next(batches)
-                waited += time.perf_counter() - t
-                batch = move_batch(raw, device)
-                timeline.mark("data")
-                losses.append(runner.step(batch, timeline))
-                progress.update(1)
-            synchronize(device)
-            wall = time.perf_counter() - start
-        spans = {k: v / steps for k, v in timeline.spans_ms().items()}
-        peak_bytes = torch.cuda.max_memory_allocated(device) if cuda else None
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-    compute_ms = spans["forward"] + spans["backward"]
-    busy_ms = compute_ms + spans["optimizer"]
-    batch_size = runner.cfg.data.batch_size
-    return {
-        "workers": workers,
-        "samples/s": batch_size * steps / wall,
-        "step_ms": 1000.0 * wall / steps,
-        "data_ms": spans["data"],
-        "wait_ms": 1000.0 * waited / steps,
-        "fwd_ms": spans["forward"],
-        "bwd_ms": spans["backward"],
-        "opt_ms": spans["optimizer"],
-        "busy": busy_ms / (busy_ms + spans["data"]),
-        "util": util.mean(),
-        "peak_gb": peak_bytes / 2**30 if peak_bytes is not None else None,
-        "step_gb": (peak_bytes - resident) / 2**30 if peak_bytes is not None else None,
-        "tflops": flops / (compute_ms / 1000.0) / 1e12,
-        "mfu": mfu(flops, compute_ms / 1000.0, peak),
-        "mfu_step": mfu(flops, wall / steps, peak),
-        "loss": losses[-1],
-        "finite": all(math.isfinite(v) for v in losses),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Setup
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -593,7 +273,7 @@ def make_shards(root: Path, clips: int, seconds: float, sample_rate: int, worker
     """Synthetic Clotho-layout clips -> the real converter -> shards; returns the development split's folder."""
     from shards.convert import convert
     from shards.sources.clotho import Clotho
-    from shards.synthetic import MIN_SECONDS, generate
+    from synthetic.layouts import MIN_SECONDS, generate
 
     raw, out = root / "raw", root / "shards"
     generate(raw, clips, seed=0, seconds=max(seconds, MIN_SECONDS), sample_rate=sample_rate, workers=workers)
@@ -634,8 +314,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from shards.mixing import MixedStream
-    from trainer.loop import collect_tokenizer_texts, move_batch
     from trainer.model import build_model
+    from trainer.step import move_batch
+    from trainer.vocab import collect_tokenizer_texts
 
     s = resolve(args)
     device = s.device
@@ -659,13 +340,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batches = iter(stream_factory(0))
         batch = move_batch(next(batches), device)
         batches.close()
+        # The optimizer and the clipping add no matmul, convolution or attention FLOPs: this is forward + backward.
         with flop_counter() as counter:
-            runner.forward_backward(batch)
+            runner.step(batch)
         flops = counter.get_total_flops()
         with flop_counter() as forward, torch.no_grad(), runner.autocast():
             tokens = {k: v.to(device) for k, v in model.tokenize(batch["captions"]).items()}
             model(batch["audio"], batch["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
-        runner.optimizer.zero_grad(set_to_none=True)
         del batch
 
         matmul_dtype = runner.dtype or torch.float32
@@ -751,14 +432,6 @@ def summary(result: dict[str, Any]) -> str:
             f"(goal <= {MEMORY_TARGET})",
         ]
     )
-
-
-def quantity(value: float, unit: str) -> str:
-    """`value` with an SI prefix, 3 significant digits: 5.02e13 FLOP -> '50.2 TFLOP'."""
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Trainer step vs a bare PyTorch loop: same model, same batch, same optimizer, same run.
 
-"Ours" is the real training step of trainer.loop (Accelerator, accumulate/autocast contexts, compute_loss with
-the zero-weight touch of unused outputs, gradient clipping through the accelerator, scheduler step); "bare" is
+"Ours" is the trainer's step, trainer.step.train_step (Accelerator, accumulate/autocast contexts, compute_loss with
+the zero-weight touch of unused outputs, gradient clipping through the accelerator) plus the scheduler step; "bare" is
 forward -> clip InfoNCE -> backward -> clip_grad_norm_ -> AdamW.step on a copy of the same model. Steps of the
 two alternate so machine load hits both alike. ``ratio`` = bare / ours minimum step time (goal >= 0.95, i.e. our
 step costs at most 5% more).
@@ -17,7 +17,8 @@ import statistics
 
 import torch
 
-from tools.benchmarks.step_losses import _captions, _clock
+from tools.benchmarks.common import captions as make_captions
+from tools.benchmarks.common import clock
 from trainer.config import Config, load_config
 from trainer.losses import clip_contrastive_loss, string_ids
 
@@ -51,15 +52,15 @@ def _config(args) -> Config:
 
 def run(args: argparse.Namespace) -> dict:
     from trainer.distributed import build_accelerator
-    from trainer.loop import compute_loss
     from trainer.model import build_model
     from trainer.optim import build_optimizer, build_scheduler
+    from trainer.step import train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _config(args)
     gen = torch.Generator().manual_seed(0)
-    captions = _captions(args.batch_size, gen)
+    captions = make_captions(args.batch_size, gen)
     n = round(args.seconds * args.sample_rate)
     batch = {
         "kind": "weak",
@@ -83,13 +84,10 @@ def run(args: argparse.Namespace) -> dict:
     bare_opt = build_optimizer(bare_model, cfg.optim)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
+    tokenize = accelerator.unwrap_model(model).tokenize
+
     def ours() -> None:
-        with accelerator.accumulate(model), accelerator.autocast():
-            result = compute_loss(model, accelerator.unwrap_model(model).tokenize, on_device, cfg)
-            accelerator.backward(result.total)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        train_step(accelerator, model, optimizer, tokenize, on_device, cfg)
         scheduler.step()
 
     def bare() -> None:
@@ -104,14 +102,14 @@ def run(args: argparse.Namespace) -> dict:
         bare_opt.step()
         bare_opt.zero_grad(set_to_none=True)
 
-    clock = _clock(device)
+    now = clock(device)
     times: dict[str, list[float]] = {"ours": [], "bare": []}
     for i in range(args.warmup + args.steps):
         for name, fn in (("bare", bare), ("ours", ours)):
-            t0 = clock()
+            t0 = now()
             fn()
             if i >= args.warmup:
-                times[name].append(clock() - t0)
+                times[name].append(now() - t0)
     rows = [
         {
             "loop": name,

@@ -1,12 +1,13 @@
-"""Step-time cost of the strong (region) loss: weak-only vs weak+strong steps at the same batch size.
+"""Step-time cost of strong supervision: the trainer's step on a weak batch vs on a strong batch of the same clips.
 
-A step is forward + loss + backward + AdamW on the debug-sized conv/tiny model. The weak step embeds B clip
-captions and takes the clip InfoNCE; the weak+strong step embeds the same B captions plus R region captions
-(TACOS has ~3.9 per clip) and adds the TACOS region loss. Steps of the two kinds alternate, so machine load
-hits both alike; rows give the median and the minimum of each (GPU: wall time; CPU: process CPU time, robust
-to other load on the machine). ``ratio`` = weak-only / weak+strong minimum step time (1.0 = free;
-the goal is >= 0.91, i.e. at most 10% overhead). A third row times the region loss alone (forward+backward on
-fixed embeddings), the part of the overhead that is the loss itself rather than embedding more captions.
+Both steps are trainer.step.train_step (Accelerator contexts, compute_loss, backward, gradient clipping, AdamW)
+on the debug-sized conv/tiny model, as the trainer runs them when it mixes batch kinds. The weak batch embeds B
+clip captions and takes the clip InfoNCE; the strong batch embeds R region captions (TACOS has ~3.9 per clip)
+and takes the TACOS region loss. Steps of the two kinds alternate, so machine load hits both alike; rows give
+the median and the minimum of each (GPU: wall time; CPU: process CPU time, robust to other load on the machine).
+``ratio`` = weak / strong minimum step time (1.0 = a strong batch costs no more than a weak one; the goal is
+>= 0.91, i.e. at most 10% overhead). A third row times the region loss alone (forward+backward on fixed
+embeddings), the part of the overhead that is the loss itself rather than embedding more captions.
 
     python -m tools.benchmarks.step_losses [--batch-size 8] [--seconds 10] [--steps 10] [--device cpu] [--threads 1]
 """
@@ -15,36 +16,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from trainer.config import AudioModelConfig, LossConfig, ModelConfig, TextModelConfig
-from trainer.losses import clip_contrastive_loss, region_contrastive_loss, string_ids
-from trainer.model import build_model
+from tools.benchmarks.common import captions, clock
+from trainer.config import Config, load_config
+from trainer.losses import region_contrastive_loss, string_ids
 
-WORDS = [
-    "dog",
-    "bark",
-    "car",
-    "horn",
-    "rain",
-    "roof",
-    "bird",
-    "chirp",
-    "door",
-    "slam",
-    "engine",
-    "hum",
-    "water",
-    "drip",
-    "bell",
-    "ring",
-    "wind",
-    "blow",
-    "man",
-    "speak",
+MODEL = [
+    "model.audio.name=conv",
+    "model.audio.hidden_size=64",
+    "model.audio.num_layers=2",
+    "model.audio.n_mels=64",
+    "model.audio.frame_rate=25.0",
+    "model.text.name=tiny",
+    "model.text.max_length=32",
+    "model.text.hidden_size=64",
+    "model.text.num_layers=2",
+    "model.text.num_heads=4",
+    "model.embed_dim=64",
 ]
 
 
@@ -58,97 +49,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first (default 2)")
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=["cuda", "cpu"],
+        help="cuda (the launcher's GPU) or cpu",
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
 
 
-def _captions(n: int, generator: torch.Generator) -> list[str]:
-    idx = torch.randint(0, len(WORDS), (n, 4), generator=generator).tolist()
-    return [f"a {WORDS[a]} {WORDS[b]} then a {WORDS[c]} {WORDS[d]}" for a, b, c, d in idx]
-
-
-def _clock(device: torch.device) -> Callable[[], float]:
-    """Wall time on GPUs (synchronised); on CPU the process's CPU time, which other jobs on the machine do not inflate."""
-    if device.type == "cuda":
-
-        def now() -> float:
-            torch.cuda.synchronize(device)
-            return time.perf_counter()
-
-        return now
-    return time.process_time
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(
+        None,
+        [
+            f"data.sample_rate={args.sample_rate}",
+            f"data.clip_seconds={args.seconds}",
+            f"data.batch_size={args.batch_size}",
+            "optim.lr=1e-4",
+            "wandb.mode=disabled",
+            *MODEL,
+        ],
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Measure both step kinds; returns {"rows": [...], "ratio": weak_only_time / with_strong_time}."""
-    device = torch.device(args.device)
+    """Measure both step kinds; returns {"rows": [...], "ratio": weak_time / strong_time}."""
+    from trainer.distributed import build_accelerator
+    from trainer.model import build_model
+    from trainer.optim import build_optimizer
+    from trainer.step import train_step
+
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
+    cfg = _config(args)
     g = torch.Generator().manual_seed(0)
     b, r = args.batch_size, args.regions * args.batch_size
-    clip_captions, region_captions = _captions(b, g), _captions(r, g)
-    cfg = ModelConfig(
-        audio=AudioModelConfig(name="conv", hidden_size=64, num_layers=2, n_mels=64, frame_rate=25.0),
-        text=TextModelConfig(name="tiny", max_length=32, hidden_size=64, num_layers=2, num_heads=4),
-        embed_dim=64,
-    )
-    loss_cfg = LossConfig()
+    clip_captions, region_captions = captions(b, g), captions(r, g)
     torch.manual_seed(0)
-    model = build_model(cfg, loss_cfg, args.sample_rate, clip_captions + region_captions).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = build_model(cfg.model, cfg.loss, args.sample_rate, clip_captions + region_captions)
+    accelerator = build_accelerator(cfg, cpu=args.device == "cpu")
+    model, optimizer = accelerator.prepare(model, build_optimizer(model, cfg.optim))
+    device = accelerator.device
+    tokenize = accelerator.unwrap_model(model).tokenize
 
     n = int(args.seconds * args.sample_rate)
-    audio = (0.1 * torch.randn(b, n, generator=g)).to(device)
-    mask = torch.ones(b, n, dtype=torch.bool, device=device)
-    clip_tokens = {k: v.to(device) for k, v in model.tokenize(clip_captions).items()}
-    all_tokens = {k: v.to(device) for k, v in model.tokenize(clip_captions + region_captions).items()}
-    region_clip = torch.arange(b).repeat_interleave(args.regions).to(device)
-    onsets = (torch.rand(r, generator=g) * 0.7 * args.seconds).to(device)
+    clips = {
+        "audio": (0.1 * torch.randn(b, n, generator=g)).to(device),
+        "audio_mask": torch.ones(b, n, dtype=torch.bool, device=device),
+        "clip_ids": string_ids([f"clip{i}" for i in range(b)]).to(device),
+    }
+    onsets = torch.rand(r, generator=g) * 0.7 * args.seconds
     offsets = (onsets + 0.5 + torch.rand(r, generator=g) * 0.3 * args.seconds).clamp(max=args.seconds)
-    text_ids = string_ids(region_captions).to(device)
-
-    def weak_step() -> None:
-        out = model(audio, mask, **clip_tokens)
-        loss = clip_contrastive_loss(out.audio_clip, out.text, out.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def strong_step() -> None:
-        out = model(audio, mask, **all_tokens)
-        weak = clip_contrastive_loss(out.audio_clip, out.text[:b], out.logit_scale)
-        strong = region_contrastive_loss(
-            out.audio_frames,
-            out.frame_mask,
-            out.frame_rate,
-            out.text[b:],
-            region_clip,
-            onsets,
-            offsets,
-            loss_cfg.strong_tau,
-            text_ids,
-        )
-        loss = loss_cfg.weak_weight * weak + loss_cfg.strong_weight * strong
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    weak = {**clips, "kind": "weak", "captions": clip_captions}
+    strong = {
+        **clips,
+        "kind": "strong",
+        "captions": clip_captions,
+        "region_text": region_captions,
+        "region_text_ids": string_ids(region_captions).to(device),
+        "region_clip": torch.arange(b).repeat_interleave(args.regions).to(device),
+        "onsets": onsets.to(device),
+        "offsets": offsets.to(device),
+    }
 
     with torch.no_grad():
-        fixed = model(audio, mask, **all_tokens)
-    frames0, text0 = fixed.audio_frames.detach(), fixed.text[b:].detach()
+        tokens = {k: v.to(device) for k, v in tokenize(region_captions).items()}
+        fixed = model(clips["audio"], clips["audio_mask"], tokens["input_ids"], tokens["attention_mask"])
+    frames0, text0 = fixed.audio_frames.detach(), fixed.text.detach()
 
     def region_loss_only() -> None:
         frames, text = frames0.clone().requires_grad_(), text0.clone().requires_grad_()
         region_contrastive_loss(
-            frames, fixed.frame_mask, fixed.frame_rate, text, region_clip, onsets, offsets, 0.1, text_ids
+            frames,
+            fixed.frame_mask,
+            fixed.frame_rate,
+            text,
+            strong["region_clip"],
+            strong["onsets"],
+            strong["offsets"],
+            cfg.loss.strong_tau,
+            strong["region_text_ids"],
         ).backward()
 
-    now = _clock(device)
-    times: dict[str, list[float]] = {"weak": [], "weak+strong": [], "region loss alone (fwd+bwd)": []}
+    now = clock(device)
+    times: dict[str, list[float]] = {"weak": [], "strong": [], "region loss alone (fwd+bwd)": []}
     steps = (
-        ("weak", weak_step),
-        ("weak+strong", strong_step),
+        ("weak", lambda: train_step(accelerator, model, optimizer, tokenize, weak, cfg)),
+        ("strong", lambda: train_step(accelerator, model, optimizer, tokenize, strong, cfg)),
         ("region loss alone (fwd+bwd)", region_loss_only),
     )
     for i in range(args.warmup + args.steps):
@@ -166,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
                 "name": name,
                 "device": str(device),
                 "batch_size": b,
-                "texts": b if name == "weak" else b + r,
+                "texts": b if name == "weak" else r,
                 "regions": 0 if name == "weak" else r,
                 "clock": "wall" if device.type == "cuda" else "process_cpu",
                 "step_ms": round(1000 * median, 2),
@@ -175,18 +161,14 @@ def run(args: argparse.Namespace) -> dict:
             }
         )
     # Minimum over alternating steps: the least sensitive estimate when other jobs share the machine.
-    ratio = min(times["weak"]) / min(times["weak+strong"])
+    ratio = min(times["weak"]) / min(times["strong"])
     return {"rows": rows, "ratio": round(ratio, 4)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    result = run(parser.parse_args(argv))
-    for row in result["rows"]:
-        print("  ".join(f"{k}={v}" for k, v in row.items()))
-    print(f"ratio (weak-only / weak+strong step time) = {result['ratio']}")
-    return 0
+    from tools.bench import main as bench_main
+
+    return bench_main(["losses", *(argv or [])])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer
 from transformers.utils import ModelOutput as _HFModelOutput
 
-from trainer.config import LossConfig, ModelConfig, from_dict
+from trainer.config import LossConfig, ModelConfig
+from trainer.configparse import from_dict
 from trainer.model.audio import AudioEncoder, build_audio_encoder, save_audio_backbone
 from trainer.model.text import TextEncoder, build_text_encoder, save_text_backbone
 

@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from trainer.config import TextModelConfig
-from trainer.model.audio import apply_overrides, resolve_pretrained, set_hf_checkpointing
+from trainer.model.hf import apply_overrides, resolve_pretrained, set_hf_checkpointing
 
 POOLINGS = ("cls", "mean", "pooler")
 

@@ -15,20 +15,27 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from shards.synthetic import (
+from synthetic.captions import clip_captions, region_caption
+from synthetic.events import (
     CLASSES,
     EDGE_SECONDS,
     EVENT_CLASSES,
     EVENT_PEAK,
     GAP_SECONDS,
-    TACOS_METADATA_FIELDS,
-    clip_captions,
-    clip_rng,
     compose_clip,
-    generate,
-    region_caption,
-    split_counts,
     synthesize_event,
+)
+from synthetic.layouts import (
+    AUDIOSET_STRONG_FIELDS,
+    CLOTHO_CAPTION_FIELDS,
+    CLOTHO_METADATA_FIELDS,
+    CLOTHO_RELEVANCE_FIELDS,
+    TACOS_METADATA_FIELDS,
+    TACOS_STRONG_FIELDS,
+    TACOS_WEAK_FIELDS,
+    clip_rng,
+    generate,
+    split_counts,
 )
 
 SR = 16000
@@ -211,7 +218,7 @@ def test_clotho_layout(raw):
     names = {}
     for split, count in (("development", 8), ("validation", 2), ("evaluation", 2)):
         rows = read_csv(root / "clotho_csv_files" / f"clotho_captions_{split}.csv")
-        assert rows[0] == ["file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5"]
+        assert tuple(rows[0]) == CLOTHO_CAPTION_FIELDS
         assert len(rows) == count + 1
         for name, *captions in rows[1:]:
             assert len(captions) == 5 and len(set(captions)) == 5 and all(captions)
@@ -222,15 +229,7 @@ def test_clotho_layout(raw):
 
         meta_path = root / "clotho_csv_files" / f"clotho_metadata_{split}.csv"
         meta = read_csv(meta_path, encoding="iso-8859-1")
-        assert meta[0] == [
-            "file_name",
-            "keywords",
-            "sound_id",
-            "sound_link",
-            "start_end_samples",
-            "manufacturer",
-            "license",
-        ]
+        assert tuple(meta[0]) == CLOTHO_METADATA_FIELDS
         assert [r[0] for r in meta[1:]] == names[split]
         assert all(r[2].isdigit() and r[3].endswith(r[2]) for r in meta[1:])
     every = [n for split in names.values() for n in split]
@@ -246,7 +245,7 @@ def test_clotho_relevance_lists_clips_with_the_same_events(raw):
     captions = {r[0]: r[1:] for r in read_csv(root / "clotho_captions_evaluation.csv")[1:]}
     keywords = {r[0]: r[1] for r in read_csv(root / "clotho_metadata_evaluation.csv", "iso-8859-1")[1:]}
     rows = read_csv(root / "metadata_eval.csv")
-    assert rows[0] == ["query", "audio_filenames"]
+    assert tuple(rows[0]) == CLOTHO_RELEVANCE_FIELDS
     queries = {q: ast.literal_eval(files) for q, files in rows[1:]}
     assert set(queries) == {c for cs in captions.values() for c in cs}
     assert max(len(files) for files in queries.values()) >= 2
@@ -273,7 +272,7 @@ def test_tacos_layout(raw):
         assert float(m["end_time_s"]) - float(m["start_time_s"]) == pytest.approx(SECONDS)
 
     strong = read_csv(root / "annotations_strong.csv")
-    assert strong[0] == ["filename", "text", "onset", "offset"]
+    assert tuple(strong[0]) == TACOS_STRONG_FIELDS
     regions = defaultdict(list)
     for filename, text, onset, offset in strong[1:]:
         assert text in phrases, f"region text {text!r} is not a class phrase"
@@ -282,7 +281,7 @@ def test_tacos_layout(raw):
     assert set(regions) == set(filenames)
 
     weak = read_csv(root / "annotations_weak.csv")
-    assert weak[0] == ["filename", "caption"]
+    assert tuple(weak[0]) == TACOS_WEAK_FIELDS
     assert [r[0] for r in weak[1:]] == filenames
 
     for filename, spans in regions.items():
@@ -299,7 +298,7 @@ def test_audioset_strong_layout(raw):
     ytids = []
     for split, count in (("train", 8), ("eval", 4)):
         rows = read_csv(root / f"audioset_{split}_strong.tsv", delimiter="\t")
-        assert rows[0] == ["segment_id", "start_time_seconds", "end_time_seconds", "label"]
+        assert tuple(rows[0]) == AUDIOSET_STRONG_FIELDS
         segments = list(dict.fromkeys(r[0] for r in rows[1:]))
         assert len(segments) == count
         for segment, start, end, mid in rows[1:]:

@@ -1,0 +1,17 @@
+"""The texts a random-init text tower's offline tokenizer is trained on: the captions of the training sources."""
+
+from __future__ import annotations
+
+from trainer.config import Config
+
+
+def collect_tokenizer_texts(cfg: Config, limit: int = 50_000) -> list[str]:
+    """Captions and region texts of the training sources, to train the offline tokenizer of a random-init text tower."""
+    from shards.records import iter_sample_json
+
+    texts: list[str] = []
+    for src in [*cfg.data.weak, *cfg.data.strong]:
+        for meta in iter_sample_json(src.urls, limit=limit, allow_pipe=cfg.data.allow_pipe):
+            texts.extend(meta.get("captions") or [])
+            texts.extend(r["text"] for r in meta.get("strong") or [])
+    return texts
