@@ -13,8 +13,9 @@ checked against ground truth.
   ISO-8859-1 metadata, file names with spaces, commas, apostrophes and accents, and
   ``metadata_eval.csv`` whose queries (the evaluation captions) list every evaluation clip they
   truthfully describe: some evaluation clips share their event sequence, so some queries have several.
-- ``tacos/``: one release (the converter draws its own test split), MP3, one region caption per event
-  and one clip-level caption per file; ``subclass`` is the clip's longest event, for stratification.
+- ``tacos/``: one release with its split files (a fifth of the clips, at least 4, in test_split.csv, drawn
+  as the TACOS code draws its split), MP3, one region caption per event and one clip-level caption per
+  file; ``subclass`` is the clip's longest event, for stratification.
 - ``audioset_strong/``: 70/30 train/eval, stereo FLAC named ``Y{ytid}.flac``, one TSV row per event
   with a made-up MID (``/m/0syn01``...); about one long event in ten is annotated as two adjacent
   rows of the same label, as in the real annotations, which the converter merges.
@@ -41,6 +42,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 import soundfile as sf
+
+from shards.sources.tacos import test_rows as tacos_test_rows
 
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 """Rates every output format (WAV, FLAC and MP3) can be written at; all leave room for a 4 kHz chirp."""
@@ -697,7 +700,14 @@ def write_tacos(
         ("filename", "text", "onset", "offset"),
         [r for _, rs, _ in rows for r in rs],
     )
-    _write_csv(root / "annotations_weak.csv", ("filename", "caption"), [w for _, _, w in rows])
+    _write_csv(root / "annotations_weak.csv", ("filename", "text"), [w for _, _, w in rows])
+    subclass = TACOS_METADATA_FIELDS.index("subclass")
+    names, subclasses = [m[0] for m, _, _ in rows], [m[subclass] for m, _, _ in rows]
+    test, _ = tacos_test_rows(subclasses, min(max(4, clips // 5), clips - 1), root / "metadata.csv")
+    _write_csv(
+        root / "development_split.csv", ("filename",), [[n] for i, n in enumerate(names) if i not in test]
+    )
+    _write_csv(root / "test_split.csv", ("filename",), [[n] for i, n in enumerate(names) if i in test])
     return {"release": clips}
 
 
