@@ -126,19 +126,12 @@ class Source:
 
     # -- shared helpers --------------------------------------------------------------------------------
 
-    def audio_folders(
-        self, split: str, defaults: Sequence[Path], extra: Sequence[str] = ()
-    ) -> tuple[Path, ...]:
-        """Folders to search for a split's audio: under --audio-dir DIR (DIR/SPLIT, DIR/SPLIT+e for e in
-        `extra`, DIR) if given, else the layout's `defaults`; existing ones in order, else the first."""
-        if self.audio_dir is not None:
-            candidates = [
-                self.audio_dir / split,
-                *(self.audio_dir / f"{split}{e}" for e in extra),
-                self.audio_dir,
-            ]
-        else:
-            candidates = list(defaults)
+    def audio_folders(self, split: str, defaults: Sequence[Path]) -> tuple[Path, ...]:
+        """Folders to search for a split's audio: DIR/SPLIT and DIR under --audio-dir DIR, else the layout's
+        `defaults`; the existing ones in order, else the first (the documented place, for the error message)."""
+        candidates = (
+            [self.audio_dir / split, self.audio_dir] if self.audio_dir is not None else list(defaults)
+        )
         found = tuple(dict.fromkeys(p for p in candidates if p.is_dir()))
         return found or (candidates[0],)
 
@@ -217,18 +210,6 @@ def describe_candidates(candidates: Sequence[Candidate], root: Path | None = Non
             parts.append(f"{stem}.{{{','.join(exts)}}}")
     more = len(groups) - limit
     return ", ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-
-
-def first_dir(candidates: Sequence[Path]) -> Path:
-    """The first existing folder among layout variants, else the first (the documented one)."""
-    return next((p for p in candidates if p.is_dir()), candidates[0])
-
-
-def require_file(path: Path, what: str) -> Path:
-    """`path` if it is a file, else a SourceError naming it."""
-    if not path.is_file():
-        raise SourceError(f"{what} not found: {path} (is --src the dataset's root folder?)")
-    return path
 
 
 def find_file(candidates: Sequence[Path], what: str) -> Path:
