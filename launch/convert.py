@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--src", type=Path, required=True, help="the dataset's folder, in its official layout")
         p.add_argument("--out", type=Path, required=True, help="shards go to OUT/DATASET/SPLIT/")
         p.add_argument("--split", choices=cls.splits, help="one split (default: all of them)")
+        p.add_argument(
+            "--audio-dir",
+            type=Path,
+            metavar="DIR",
+            help="where the audio is, if not in the layout's own folder (DIR/SPLIT/ or DIR itself)",
+        )
+        p.add_argument(
+            "--encoding", metavar="ENC", help="encoding of the metadata CSV/TSV files (default: UTF-8)"
+        )
         where = p.add_mutually_exclusive_group(required=True)
         where.add_argument(
             "--cluster", type=Path, help="cluster YAML (configs/clusters/NAME.yaml): submit to SLURM"
@@ -107,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--partition", help="SLURM partition for the conversion (default: the cluster file's)")
         p.add_argument(
             "--dry-run", action="store_true", help="print the plan and the sbatch scripts; submit nothing"
+        )
+        p.add_argument(
+            "--max-caption-chars",
+            type=_positive(int),
+            default=ConvertOptions.max_text_chars,
+            metavar="N",
+            help="captions and region texts longer than N characters are cut to N (default %(default)s)",
         )
         p.add_argument("--sample-rate", type=_positive(int), default=ConvertOptions.sample_rate)
         p.add_argument("--samples-per-shard", type=_positive(int), default=ConvertOptions.samples_per_shard)
@@ -451,11 +467,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = args.workers_per_task
     if workers is None:
         workers = cluster.cpus_per_task if cluster else max(1, (os.cpu_count() or 1) // args.tasks)
-    options = ConvertOptions(args.sample_rate, args.samples_per_shard, args.max_shard_bytes, args.max_seconds)
+    options = ConvertOptions(
+        args.sample_rate,
+        args.samples_per_shard,
+        args.max_shard_bytes,
+        args.max_seconds,
+        args.max_caption_chars,
+    )
     out = args.out.resolve()
     plans: list[SplitPlan] = []
     errors: list[str] = []
     try:
+        if args.audio_dir is not None:
+            args.audio_dir = args.audio_dir.resolve()
         source = SOURCES[args.dataset].from_args(args.src.resolve(), args)
         splits = [args.split] if args.split else list(source.splits)
         for split in splits:

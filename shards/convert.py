@@ -8,37 +8,48 @@ in listing order; worker processes run :func:`convert_item` (decode, downmix, re
 entry, never a crash.
 
 Resume: each finished shard's journal line carries a cursor ``{"entries": n, "done": k, "index": i,
-"id": source_id}``: the first n entries are fully written and k samples of entry n already are. A rerun
-re-lists the entries without decoding the first n, checks that entry i is still `id` (else the source
-changed), drops the first k samples of entry n and goes on, so shards and manifest come out exactly as
-from an uninterrupted run.
+"id": source_id, "namings": {...}, "truncated": t}``: the first n entries are fully written and k samples
+of entry n already are; the counts are those of the entries before the cursor. A rerun re-lists the
+entries without decoding the first n, checks that entry i is still `id` (else the source changed), drops
+the first k samples of entry n and goes on, so shards and manifest come out exactly as from an
+uninterrupted run.
+
+One conversion at a time per split: ``OUT/DATASET/.SPLIT.lock`` (beside the split folder, so the folder
+holds only shards and manifest) is held with flock while a run writes; the OS releases it when that
+process ends, however it ends. :func:`check` lists and resolves a split
+exactly as :func:`convert` would, decoding and writing nothing.
 
 In tasks (launch.convert): ``convert(..., part=Part(i, N, entries))`` converts only the entries
 [start, stop) of the listing (keys are still allocated over the whole listing before them, so they are
-those of a one-process run) and finishes with a part manifest; :mod:`shards.parts` merges the parts.
+those of a one-process run), holds its task's lock instead of the split's and finishes with a part
+manifest; :mod:`shards.parts` merges the parts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import multiprocessing
 import os
+import socket
 import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
 
 from shards.audio import AudioError, audio_info, encode_flac, iter_segments, read_audio
 from shards.schema import KeyAllocator, Region, Sample, SchemaError, validate_sample
-from shards.sources.base import Item, Skip, Source
+from shards.sources.base import Candidate, Item, Layout, Skip, Source, describe_candidates, resolve_audio
 from shards.writer import (
     JOURNAL,
     TMP_SUFFIX,
@@ -53,6 +64,9 @@ DEFAULT_SAMPLE_RATE = 32000
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_SAMPLES_PER_SHARD = 1000
 DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
+DEFAULT_MAX_TEXT_CHARS = 2000
+"""Captions and region texts longer than this (characters) are cut to it and counted in the manifest."""
+LOCK_SUFFIX = ".lock"
 MIN_TAIL_SECONDS = 1.0
 """A last segment shorter than this (or than half of max_seconds) is dropped from a segmented file."""
 MIN_CUT_REGION_SECONDS = 0.1
@@ -82,6 +96,16 @@ class Job:
     max_seconds: float
     root: Path
     """The source's --src; skip reasons name files relative to it, so manifests do not depend on it."""
+    truncated: int = 0
+    """How many of the item's texts were cut to the caption cap (counted once the item is written)."""
+
+
+class Outcome(NamedTuple):
+    """What a worker made of one item: samples, or the skip reason; and the naming its audio matched."""
+
+    samples: list[tuple[Sample, bytes]]
+    error: str | None
+    naming: str | None
 
 
 @dataclass
@@ -97,6 +121,10 @@ class ConvertResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
     resumed_shards: int = 0
+    audio_namings: dict[str, int] = field(default_factory=dict)
+    """How many clips' audio was found under each naming (found: written or failed to decode)."""
+    texts_truncated: int = 0
+    region_fixes: int = 0
 
     def skip_counts(self) -> Counter[str]:
         """Skips per reason category (the text before the first ':')."""
@@ -181,19 +209,32 @@ def windows(
     yield from iter_segments(path, max_seconds, sample_rate)
 
 
-def describe_candidates(paths: tuple[Path, ...]) -> str:
-    """'dir/x.flac', or 'dir/x.{flac,wav,mp3}' for several extensions of one stem."""
-    if len(paths) == 1 or len({p.with_suffix("") for p in paths}) > 1:
-        return ", ".join(str(p) for p in paths)
-    return f"{paths[0].with_suffix('')}.{{{','.join(p.suffix[1:] for p in paths)}}}"
+def cap_texts(item: Item, max_chars: int) -> tuple[Item, int]:
+    """`item` with captions and region texts cut to `max_chars` characters, and how many were cut."""
+    cut = 0
+
+    def capped(text: str) -> str:
+        nonlocal cut
+        if len(text) <= max_chars:
+            return text
+        cut += 1
+        return text[:max_chars].rstrip()
+
+    captions = tuple(capped(c) for c in item.captions)
+    strong = tuple(dataclasses.replace(r, text=capped(r.text)) for r in item.strong)
+    return (dataclasses.replace(item, captions=captions, strong=strong) if cut else item), cut
 
 
-def convert_item(job: Job) -> list[tuple[Sample, bytes]]:
-    """Decode, downmix, resample, segment and encode one item; ItemError says why it cannot be used."""
+def convert_item(job: Job, found: Candidate | None = None) -> list[tuple[Sample, bytes]]:
+    """Decode, downmix, resample, segment and encode one item; ItemError says why it cannot be used.
+
+    `found` is the item's resolved audio (resolved here if not given).
+    """
     item = job.item
-    path = next((p for p in item.audio if p.is_file()), None)
-    if path is None:
-        raise ItemError(f"missing audio: {describe_candidates(item.audio)}")
+    found = found or resolve_audio(item)
+    if found is None:
+        raise ItemError(f"missing audio: {describe_candidates(item.audio, job.root)}")
+    path = found.path
     if path.stat().st_size == 0:
         raise ItemError(f"empty audio: {path} is 0 bytes")
     try:
@@ -254,15 +295,17 @@ def convert_item(job: Job) -> list[tuple[Sample, bytes]]:
     return out
 
 
-def run_job(job: Job) -> tuple[list[tuple[Sample, bytes]], str | None]:
-    """Worker entry point: (samples, None), or ([], skip reason). Never raises for bad input."""
+def run_job(job: Job) -> Outcome:
+    """Worker entry point: (samples, None, naming), or ([], skip reason, naming). Never raises for bad input."""
+    found = None
     try:
-        return convert_item(job), None
+        found = resolve_audio(job.item)
+        return Outcome(convert_item(job, found), None, found.naming if found else None)
     except ItemError as e:
         reason = str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop a multi-day conversion
         reason = f"error: {type(e).__name__}: {e}"
-    return [], reason.replace(f"{job.root}{os.sep}", "")
+    return Outcome([], reason.replace(f"{job.root}{os.sep}", ""), found.naming if found else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,7 +313,7 @@ def run_job(job: Job) -> tuple[list[tuple[Sample, bytes]], str | None]:
 # ---------------------------------------------------------------------------------------------------------
 
 Task = tuple[int, Item | Skip, Job | None]
-Done = tuple[int, Item | Skip, Job | None, tuple[list[tuple[Sample, bytes]], str | None] | None]
+Done = tuple[int, Item | Skip, Job | None, Outcome | None]
 
 
 def ordered_results(tasks: Iterator[Task], workers: int) -> Iterator[Done]:
@@ -310,9 +353,46 @@ def _pop(window: deque[tuple[Task, Future | None]]) -> Done:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def conversion_settings(source: Source, max_seconds: float, limit: int | None) -> dict[str, Any]:
+def conversion_settings(
+    source: Source, max_seconds: float, limit: int | None, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+) -> dict[str, Any]:
     """The options (besides rate and shard size) a resumed or repeated run must share."""
-    return {"max_seconds": max_seconds, "limit": limit, "source": source.settings()}
+    return {
+        "max_seconds": max_seconds,
+        "limit": limit,
+        "max_text_chars": max_text_chars,
+        "source": source.settings(),
+    }
+
+
+def lock_path(out_dir: Path) -> Path:
+    """OUT/DATASET/.SPLIT.lock for OUT/DATASET/SPLIT."""
+    return out_dir.with_name(f".{out_dir.name}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def split_lock(out_dir: Path) -> Iterator[None]:
+    """Hold OUT_DIR's lock file (.SPLIT.lock beside it) exclusively (flock), or ConvertError naming who holds it.
+
+    The OS drops the lock when the holding process ends, so a killed run never blocks the next one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_path(out_dir)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise ConvertError(
+                f"{out_dir} is being written by another conversion ({holder}, holding {path}); wait for it to "
+                f"finish or stop it (its lock goes away when it ends), then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def convert(
@@ -324,6 +404,7 @@ def convert(
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     workers: int = 1,
     limit: int | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
@@ -333,17 +414,27 @@ def convert(
 
     `limit` stops after that many samples; `on_progress(entries, samples, seconds)` is called per entry.
     `part` converts only that task's share of the listing, into its part (see shards.parts).
-    Raises SourceError for a wrong layout, ConvertError for an output folder it must not touch.
+    Captions and region texts over `max_text_chars` characters are cut to it (counted in the manifest).
+    Raises SourceError for a wrong layout, ConvertError for an output folder it must not touch (or one
+    another conversion is writing), OSError when the output cannot be written (finished shards are kept).
     """
     t0 = time.monotonic()
     if split not in source.splits:
         raise ConvertError(
             f"unknown split {split!r} for {source.name}; expected one of {', '.join(source.splits)}"
         )
-    if sample_rate <= 0 or max_seconds <= 0 or samples_per_shard < 1 or max_shard_bytes < 1 or workers < 1:
+    if (
+        sample_rate <= 0
+        or max_seconds <= 0
+        or samples_per_shard < 1
+        or max_shard_bytes < 1
+        or workers < 1
+        or max_text_chars < 1
+    ):
         raise ConvertError(
-            "sample_rate, max_seconds, samples_per_shard, max_shard_bytes and workers must be positive, got "
-            f"{sample_rate}, {max_seconds}, {samples_per_shard}, {max_shard_bytes}, {workers}"
+            "sample_rate, max_seconds, samples_per_shard, max_shard_bytes, workers and max_text_chars must be "
+            f"positive, got {sample_rate}, {max_seconds}, {samples_per_shard}, {max_shard_bytes}, {workers}, "
+            f"{max_text_chars}"
         )
     if limit is not None and limit < 1:
         raise ConvertError(f"limit must be >= 1, got {limit}")
@@ -351,7 +442,7 @@ def convert(
         raise ConvertError("limit cannot be combined with a conversion in tasks")
     dataset = source.name
     out_dir = Path(out) / dataset / split
-    settings = conversion_settings(source, max_seconds, limit)
+    settings = conversion_settings(source, max_seconds, limit, max_text_chars)
     done = _finished(out_dir, sample_rate, samples_per_shard, max_shard_bytes, settings)
     if done is None and part is not None:
         done = _finished_part(out_dir, part, sample_rate, samples_per_shard, max_shard_bytes, settings)
@@ -362,43 +453,96 @@ def convert(
     entries = iter(source.entries(split))
     first = next(entries, None)  # a header problem surfaces now, before the output folder exists
     listing = entries if first is None else _chain(first, entries)
+    # one process holds the split's lock; a task holds its own (taken by its ShardWriter), beside the others
+    with split_lock(out_dir) if part is None else nullcontext():
+        done = _finished(out_dir, sample_rate, samples_per_shard, max_shard_bytes, settings)
+        if done is None:  # (else another run finished the split while this one was listing)
+            done = _write_split(
+                source, split, listing, out_dir, settings, sample_rate, samples_per_shard, max_shard_bytes,
+                max_seconds, max_text_chars, workers, limit, on_progress, part,
+            )  # fmt: skip
+    done.wall_seconds = time.monotonic() - t0
+    return done
+
+
+def _write_split(
+    source: Source,
+    split: str,
+    listing: Iterator[Item | Skip],
+    out_dir: Path,
+    settings: dict[str, Any],
+    sample_rate: int,
+    samples_per_shard: int,
+    max_shard_bytes: int,
+    max_seconds: float,
+    max_text_chars: int,
+    workers: int,
+    limit: int | None,
+    on_progress: Callable[[int, int, float], None] | None,
+    part: Part | None = None,
+) -> ConvertResult:
+    """The conversion proper, under the split's lock (or, for a task's part, its task's)."""
+    dataset = source.name
     keys: dict[str, str] = {}
     with ShardWriter(
         out_dir, dataset, split, sample_rate, samples_per_shard, max_shard_bytes, settings=settings, part=part
     ) as writer:
         start = 0 if part is None else part.start
         cursor = writer.cursor or {"entries": start, "done": 0, "index": -1, "id": None}
+        counts = Counts(Counter(cursor.get("namings", {})), cursor.get("truncated", 0))
 
         def make_job(item: Item, key: str) -> Job:
-            return Job(item, key, dataset, split, sample_rate, max_seconds, source.src)
+            item, truncated = cap_texts(item, max_text_chars)
+            return Job(item, key, dataset, split, sample_rate, max_seconds, source.src, truncated)
 
         tasks = _tasks(listing, cursor, keys, dataset, make_job, None if part is None else part.stop)
         seen = 0
-        for index, entry, job, result in ordered_results(tasks, workers):
+        for index, entry, job, outcome in ordered_results(tasks, workers):
             seen = index + 1
             if limit is not None and writer.num_samples >= limit:
                 break
             if job is None:
                 writer.skip(entry.source_id, entry.reason)  # type: ignore[union-attr]
             else:
-                samples, error = result  # type: ignore[misc]
-                _write_item(writer, index, entry, samples, error, cursor, limit)
+                assert outcome is not None
+                resumed_item = index == cursor["entries"] and cursor["done"] > 0  # counted before the kill
+                if outcome.naming and not resumed_item:
+                    counts.namings[outcome.naming] += 1
+                _write_item(writer, index, entry, job, outcome, cursor, limit, counts)
             if on_progress:
                 on_progress(seen, writer.num_samples, writer.total_seconds)
+        writer.extra_manifest.update(
+            {"audio_namings": dict(sorted(counts.namings.items())), "texts_truncated": counts.truncated}
+        )
         if part is None:  # a conversion in tasks gets these when its parts are merged
             writer.extra_manifest.update(source.manifest_extra(split, keys))
         manifest = writer.close()
+    status = "resumed" if writer.resumed_shards else "converted"
+    return _result(manifest, out_dir, status, writer.resumed_shards)
+
+
+@dataclass
+class Counts:
+    """Running counts that go into the manifest and, through each shard's cursor, survive a kill."""
+
+    namings: Counter[str]
+    truncated: int
+
+
+def _result(manifest: dict[str, Any], out_dir: Path, status: str, resumed_shards: int = 0) -> ConvertResult:
     return ConvertResult(
-        dataset=dataset,
-        split=split,
+        dataset=manifest["dataset"],
+        split=manifest["split"],
         out_dir=out_dir,
-        status="resumed" if writer.resumed_shards else "converted",
+        status=status,
         num_samples=manifest["num_samples"],
         num_shards=len(manifest["shards"]),
         total_seconds=manifest["total_seconds"],
         skipped=manifest["skipped"],
-        wall_seconds=time.monotonic() - t0,
-        resumed_shards=writer.resumed_shards,
+        resumed_shards=resumed_shards,
+        audio_namings=dict(manifest.get("audio_namings", {})),
+        texts_truncated=int(manifest.get("texts_truncated", 0)),
+        region_fixes=len(manifest.get("region_fixes", [])),
     )
 
 
@@ -427,16 +571,21 @@ def _finished(
     for p in out_dir.iterdir():  # leftovers of a run killed right after writing its manifest
         if p.name == JOURNAL or p.name.endswith(TMP_SUFFIX):
             p.unlink()
-    return ConvertResult(
-        dataset=manifest["dataset"],
-        split=manifest["split"],
-        out_dir=out_dir,
-        status="complete",
-        num_samples=manifest["num_samples"],
-        num_shards=len(manifest["shards"]),
-        total_seconds=manifest["total_seconds"],
-        skipped=manifest["skipped"],
-    )
+    return _result(manifest, out_dir, "complete")
+
+
+def _plan(
+    entries: Iterable[Item | Skip], keys: dict[str, str], dataset: str
+) -> Iterator[tuple[int, Item | Skip]]:
+    """Number the entries, allocate keys and turn repeated ids into skips (conversion and check share this)."""
+    allocate = KeyAllocator()
+    for index, entry in enumerate(entries):
+        if isinstance(entry, Item):
+            if entry.source_id in keys:
+                entry = Skip(entry.source_id, f"duplicate id: {entry.source_id!r} is listed more than once")
+            else:
+                keys[entry.source_id] = allocate(dataset, entry.source_id)
+        yield index, entry
 
 
 def _tasks(
@@ -447,14 +596,13 @@ def _tasks(
     make_job: Callable[[Item, str], Job],
     stop: int | None = None,
 ) -> Iterator[Task]:
-    """Number the entries, allocate keys, turn duplicates into skips and drop what resumed shards hold.
+    """Planned entries as tasks, dropping what resumed shards hold and checking the source did not change.
 
     `stop`: the listing is read up to that entry only (a task's share ends there).
     """
-    allocate = KeyAllocator()
     start, boundary, boundary_id = cursor["entries"], cursor["index"], cursor["id"]
     index = -1
-    for index, entry in enumerate(entries):
+    for index, entry in _plan(entries, keys, dataset):
         if stop is not None and index >= stop:
             index -= 1
             break
@@ -463,11 +611,6 @@ def _tasks(
                 f"the source changed since the interrupted run: entry #{index} is {entry.source_id!r}, was "
                 f"{boundary_id!r}; delete the output split folder to convert again"
             )
-        if isinstance(entry, Item):
-            if entry.source_id in keys:
-                entry = Skip(entry.source_id, f"duplicate id: {entry.source_id!r} is listed more than once")
-            else:
-                keys[entry.source_id] = allocate(dataset, entry.source_id)
         if index < start:
             continue
         if isinstance(entry, Skip):
@@ -510,39 +653,105 @@ def _finished_part(
             f"{out_dir}: task {part.task} finished with other options ({describe_difference(found, expected)});"
             f" delete that folder to convert again"
         )
-    return ConvertResult(
-        dataset=manifest["dataset"],
-        split=manifest["split"],
-        out_dir=out_dir,
-        status="complete",
-        num_samples=manifest["num_samples"],
-        num_shards=len(manifest["shards"]),
-        total_seconds=manifest["total_seconds"],
-        skipped=manifest["skipped"],
-    )
+    return _result(manifest, out_dir, "complete")
 
 
 def _write_item(
     writer: ShardWriter,
     index: int,
     entry: Item | Skip,
-    samples: list[tuple[Sample, bytes]],
-    error: str | None,
+    job: Job,
+    outcome: Outcome,
     cursor: dict[str, Any],
     limit: int | None,
+    counts: Counts,
 ) -> None:
-    if error is not None:
-        writer.skip(entry.source_id, error)
+    if outcome.error is not None:
+        writer.skip(entry.source_id, outcome.error)
         return
+    samples = outcome.samples
     first = cursor["done"] if index == cursor["entries"] else 0  # samples a resumed shard already holds
     todo = samples[first:]
     clash = next((s.key for s, _ in todo if writer.has_key(s.key)), None)
     if clash is not None:
         writer.skip(entry.source_id, f"key collision: key {clash!r} is already taken by another id")
         return
+    if first == 0:
+        counts.truncated += job.truncated
     for j, (sample, flac) in enumerate(todo, first):
         if limit is not None and writer.num_samples >= limit:
             return
         last = j == len(samples) - 1
         position = {"entries": index + 1 if last else index, "done": 0 if last else j + 1}
-        writer.write(sample, flac, cursor={**position, "index": index, "id": entry.source_id})
+        state = {"namings": dict(counts.namings), "truncated": counts.truncated}
+        writer.write(sample, flac, cursor={**position, "index": index, "id": entry.source_id, **state})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --check: list and resolve, write nothing
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """What a conversion of one split would find: the same listing, the same audio resolution."""
+
+    dataset: str
+    split: str
+    layout: Layout
+    listed: int = 0
+    """Entries: clips plus listing skips (what the conversion writes or skips)."""
+    found: int = 0
+    missing: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Entries skipped while listing (bad rows, duplicates, blacklisted, unsafe names), as the manifest lists them."""
+    audio_namings: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What the conversion adds to the manifest (region fixes, split method, relevance)."""
+
+    def skip_counts(self) -> Counter[str]:
+        return Counter(s["reason"].split(":", 1)[0] for s in self.skipped)
+
+
+def check(source: Source, split: str, workers: int = 8, examples: int = 5) -> CheckResult:
+    """Read the metadata and resolve every clip's audio (with `workers` threads); write nothing."""
+    if split not in source.splits:
+        raise ConvertError(
+            f"unknown split {split!r} for {source.name}; expected one of {', '.join(source.splits)}"
+        )
+    result = CheckResult(source.name, split, source.layout(split))
+    keys: dict[str, str] = {}
+    namings: Counter[str] = Counter()
+    for entry, found in _resolved(_plan(source.entries(split), keys, source.name), max(1, workers)):
+        result.listed += 1
+        if isinstance(entry, Skip):
+            result.skipped.append({"source_id": entry.source_id, "reason": entry.reason})
+        elif found is not None:
+            result.found += 1
+            namings[found.naming] += 1
+        else:
+            result.missing += 1
+            if len(result.missing_examples) < examples:
+                result.missing_examples.append(
+                    f"{entry.source_id}: {describe_candidates(entry.audio, source.src)}"
+                )
+    result.audio_namings = dict(sorted(namings.items()))
+    result.extra = source.manifest_extra(split, keys)
+    return result
+
+
+def _resolved(
+    planned: Iterator[tuple[int, Item | Skip]], workers: int
+) -> Iterator[tuple[Item | Skip, Candidate | None]]:
+    """(entry, its resolved audio) in listing order, stat calls on `workers` threads, a bounded window ahead."""
+    with ThreadPoolExecutor(workers) as executor:
+        window: deque[tuple[Item | Skip, Future | None]] = deque()
+        for _, entry in planned:
+            window.append((entry, executor.submit(resolve_audio, entry) if isinstance(entry, Item) else None))
+            while len(window) >= 64 * workers:
+                entry, future = window.popleft()
+                yield entry, future.result() if future else None
+        while window:
+            entry, future = window.popleft()
+            yield entry, future.result() if future else None

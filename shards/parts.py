@@ -22,6 +22,7 @@ from typing import Any
 from shards.convert import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_MAX_SHARD_BYTES,
+    DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_SAMPLES_PER_SHARD,
     JOURNAL,
@@ -43,7 +44,7 @@ from shards.writer import (
     remove_part_files,
 )
 
-SUMMED_FIELDS: tuple[str, ...] = ()
+SUMMED_FIELDS: tuple[str, ...] = ("audio_namings", "texts_truncated")
 """Manifest fields a conversion counts over its samples (int or {name: int}); the merge adds up the parts'."""
 
 
@@ -55,6 +56,7 @@ class ConvertOptions:
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     max_seconds: float = DEFAULT_MAX_SECONDS
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of shards.convert.convert."""
@@ -62,7 +64,7 @@ class ConvertOptions:
 
     def writer_settings(self, source: Source) -> dict[str, Any]:
         """The `settings` a manifest of these options carries (as a one-process conversion writes them)."""
-        settings = conversion_settings(source, self.max_seconds, None)
+        settings = conversion_settings(source, self.max_seconds, None, self.max_text_chars)
         return {
             "samples_per_shard": self.samples_per_shard,
             "max_shard_bytes": self.max_shard_bytes,

@@ -8,8 +8,9 @@ with known event times) and `synthetic.captions` (order-aware captions):
   ISO-8859-1 metadata, file names with spaces, commas, apostrophes and accents, and
   ``metadata_eval.csv`` whose queries (the evaluation captions) list every evaluation clip they
   truthfully describe: some evaluation clips share their event sequence, so some queries have several.
-- ``tacos/``: one release (the converter draws its own test split), MP3, one region caption per event
-  and one clip-level caption per file; ``subclass`` is the clip's longest event, for stratification.
+- ``tacos/``: one release with its split files (a fifth of the clips, at least 4, in test_split.csv, drawn
+  as the TACOS code draws its split), MP3, one region caption per event and one clip-level caption per
+  file; ``subclass`` is the clip's longest event, for stratification.
 - ``audioset_strong/``: 70/30 train/eval, stereo FLAC named ``Y{ytid}.flac``, one TSV row per event
   with a made-up MID (``/m/0syn01``...); about one long event in ten is annotated as two adjacent
   rows of the same label, as in the real annotations, which the converter merges.
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from shards.sources.tacos import test_rows as tacos_test_rows
 from synthetic.captions import clip_captions, region_caption
 from synthetic.events import CLASSES, EVENT_CLASSES, EVENTS_PER_CLIP, EVENTS_PER_CLIP_P, compose_clip
 
@@ -101,7 +103,7 @@ TACOS_METADATA_FIELDS = (
 )
 CLOTHO_RELEVANCE_FIELDS = ("query", "audio_filenames")
 TACOS_STRONG_FIELDS = ("filename", "text", "onset", "offset")
-TACOS_WEAK_FIELDS = ("filename", "caption")
+TACOS_WEAK_FIELDS = ("filename", "text")  # the release header (the TACOS code renames caption -> text)
 AUDIOSET_STRONG_FIELDS = ("segment_id", "start_time_seconds", "end_time_seconds", "label")
 
 Progress = Callable[[int], None]
@@ -307,6 +309,13 @@ def write_tacos(
         [r for _, rs, _ in rows for r in rs],
     )
     _write_csv(root / "annotations_weak.csv", TACOS_WEAK_FIELDS, [w for _, _, w in rows])
+    subclass = TACOS_METADATA_FIELDS.index("subclass")
+    names, subclasses = [m[0] for m, _, _ in rows], [m[subclass] for m, _, _ in rows]
+    test, _ = tacos_test_rows(subclasses, min(max(4, clips // 5), clips - 1), root / "metadata.csv")
+    _write_csv(
+        root / "development_split.csv", ("filename",), [[n] for i, n in enumerate(names) if i not in test]
+    )
+    _write_csv(root / "test_split.csv", ("filename",), [[n] for i, n in enumerate(names) if i in test])
     return {"release": clips}
 
 

@@ -1,10 +1,14 @@
-"""AudioSet strongly-labelled subset (temporal alignment evaluation).
+"""AudioSet strongly-labelled subset (research.google.com/audioset/download_strong.html; evaluation of
+temporal alignment).
 
     SRC/audioset_{train,eval}_strong.tsv   segment_id,start_time_seconds,end_time_seconds,label (MID); header
     SRC/mid_to_display_name.tsv            mid<TAB>display_name, no header
-    SRC/audio/Y{ytid}.{flac|wav|mp3}       the 10 s clip of segment_id = {ytid}_{start_ms}
+    SRC/audio/...                          the 10 s clip of segment_id = {ytid}_{start_ms} (not in the release)
 
-Times are seconds within the 10 s clip. The TSVs list one segment's rows together, so they are
+Audio folders: SRC/audio/{split}/, SRC/audio/, or --audio-dir DIR (DIR/{split}/ or DIR). Audio namings,
+tried in this order: ``Y{segment_id}.{wav,flac,mp3}`` (e.g. Yb0RFKhbpFJA_30000.wav),
+``{segment_id}.{flac,wav,mp3}`` and ``Y{ytid}.{flac,wav,mp3}`` (one clip per YouTube id, as AudioSet
+downloaders name them). Times are seconds within the 10 s clip. The TSVs list one segment's rows together, so they are
 streamed; a segment whose rows reappear later is reported as a duplicate id. Regions get the label's
 display name as text and the MID in ``meta.mid``; overlapping or adjacent events of one label merge.
 """
@@ -17,17 +21,20 @@ from pathlib import Path
 
 from shards.schema import Region
 from shards.sources.base import (
+    BadRow,
     Entry,
-    Item,
+    Layout,
     Skip,
     Source,
     SourceError,
-    audio_candidates,
+    audio_item,
+    bad_row_skip,
     csv_rows,
     find_file,
-    first_dir,
     merge_regions,
     parse_float,
+    read_text,
+    with_extensions,
 )
 
 COLUMNS = ("segment_id", "start_time_seconds", "end_time_seconds", "label")
@@ -37,19 +44,24 @@ class AudioSetStrong(Source):
     name = "audioset-strong"
     splits = ("train", "eval")
 
+    def layout(self, split: str) -> Layout:
+        files = {
+            "labels": find_file([self.src / f"audioset_{split}_strong.tsv"], f"AudioSet-strong {split} TSV"),
+            "names": find_file([self.src / "mid_to_display_name.tsv"], "mid_to_display_name.tsv"),
+        }
+        return Layout(files, self.audio_folders(split, [self.src / "audio" / split, self.src / "audio"]))
+
     def entries(self, split: str) -> Iterator[Entry]:
-        tsv = find_file([self.src / f"audioset_{split}_strong.tsv"], f"AudioSet-strong {split} TSV")
-        names = read_display_names(
-            find_file([self.src / "mid_to_display_name.tsv"], "mid_to_display_name.tsv")
-        )
-        audio_dir = first_dir([self.src / "audio"])
-        return _entries(tsv, names, audio_dir)
+        layout = self.layout(split)
+        names = read_display_names(layout.files["names"], self.csv_encoding())
+        return _entries(layout.files["labels"], self.csv_encoding(), names, layout.audio)
 
 
-def read_display_names(path: Path) -> dict[str, str]:
+def read_display_names(path: Path, encoding: str = "utf-8-sig") -> dict[str, str]:
     """mid -> display name (two tab-separated columns, no header)."""
     out = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    text, _ = read_text(path, (encoding,))
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -74,7 +86,7 @@ def regions_of(rows: list[tuple[int, dict[str, str]]], names: dict[str, str], pa
         where = f"{path.name}:{line}"
         onset = parse_float(row["start_time_seconds"], "start_time_seconds")
         offset = parse_float(row["end_time_seconds"], "end_time_seconds")
-        mid = row["label"]
+        mid = row["label"].strip()
         if mid not in names:
             raise ValueError(f"label {mid!r} is not in mid_to_display_name.tsv ({where})")
         if onset < 0:
@@ -86,11 +98,19 @@ def regions_of(rows: list[tuple[int, dict[str, str]]], names: dict[str, str], pa
     return merge_regions(regions, touching=True)
 
 
-def _entries(tsv: Path, names: dict[str, str], audio_dir: Path) -> Iterator[Entry]:
-    rows = csv_rows(tsv, COLUMNS, delimiter="\t")
-    for segment_id, group in groupby(rows, key=lambda lr: lr[1]["segment_id"]):
+def _entries(tsv: Path, encoding: str, names: dict[str, str], folders: tuple[Path, ...]) -> Iterator[Entry]:
+    rows = csv_rows(tsv, COLUMNS, encoding, delimiter="\t")
+
+    def key(line_row: tuple[int, dict[str, str] | BadRow]) -> tuple[bool, str]:
+        row = line_row[1]
+        return (True, row.reason) if isinstance(row, BadRow) else (False, row["segment_id"])
+
+    for (_, segment_id), group in groupby(rows, key=key):
         group = list(group)
         where = f"{tsv.name}:{group[0][0]}"
+        if isinstance(group[0][1], BadRow):
+            yield from (bad_row_skip(tsv, line, row) for line, row in group)
+            continue
         try:
             ytid, start_ms = split_segment_id(segment_id)
         except ValueError as e:
@@ -105,4 +125,7 @@ def _entries(tsv: Path, names: dict[str, str], audio_dir: Path) -> Iterator[Entr
             yield Skip(segment_id, f"bad row: no event with onset < offset ({where})")
             continue
         meta = {"ytid": ytid, "start_ms": start_ms}
-        yield Item(segment_id, audio_candidates(audio_dir, f"Y{ytid}"), strong=tuple(regions), meta=meta)
+        files = with_extensions("Y{segment_id}", f"Y{segment_id}", ("wav", "flac", "mp3"))
+        files += with_extensions("{segment_id}", segment_id)
+        files += with_extensions("Y{ytid}", f"Y{ytid}")
+        yield audio_item(segment_id, folders, files, strong=tuple(regions), meta=meta)

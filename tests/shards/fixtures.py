@@ -349,7 +349,7 @@ def write_tacos(root: Path, clips_per_subclass: int = 4) -> dict[str, list[str]]
     write_csv(
         root / "annotations_strong.csv", ["filename", "text", "onset", "offset", "annotator"], strong_rows
     )
-    write_csv(root / "annotations_weak.csv", ["filename", "caption"], weak_rows)
+    write_csv(root / "annotations_weak.csv", ["filename", "text"], weak_rows)
     return {"good": good, "bad": bad}
 
 

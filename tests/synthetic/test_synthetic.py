@@ -282,7 +282,12 @@ def test_tacos_layout(raw):
 
     weak = read_csv(root / "annotations_weak.csv")
     assert tuple(weak[0]) == TACOS_WEAK_FIELDS
+    assert weak[0] == ["filename", "text"]  # the release's header
     assert [r[0] for r in weak[1:]] == filenames
+    dev, test = read_csv(root / "development_split.csv"), read_csv(root / "test_split.csv")
+    assert dev[0] == test[0] == ["filename"]
+    assert sorted(r[0] for r in dev[1:] + test[1:]) == sorted(filenames)
+    assert len(test) - 1 == max(4, CLIPS // 5)
 
     for filename, spans in regions.items():
         x, sr = sf.read(root / "audio" / filename, dtype="float32")
