@@ -46,7 +46,7 @@ STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "hf": None}
 MAX_BACKOFF_S = 30.0
 STORE_BLOCK = 8 << 20
 """Bytes per ranged GET of an object-store read (fsspec read-ahead block)."""
-DISCARD_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20
 
 
 class ReadFailed(OSError):
@@ -118,6 +118,8 @@ def local_path(url: str) -> str:
 
 def check_url(url: str) -> None:
     """ValueError unless `url` is a local path, file://, pipe:, http(s) or a supported store (s3, gs, hf)."""
+    if not url.startswith("pipe:") and "::" in url.split("://", 1)[0]:
+        raise ValueError(f"{url}: chained fsspec urls (e.g. simplecache::) copy shards to disk; not accepted")
     name = scheme(url)
     if name is None or name == "file" or name in HTTP:
         return
@@ -125,10 +127,6 @@ def check_url(url: str) -> None:
         raise ValueError(
             f"{url}: unsupported url scheme {name!r}; use a local path, http(s)://, "
             f"{', '.join(f'{s}://' for s in STORES)}, or 'pipe:COMMAND' with data.allow_pipe=true"
-        )
-    if "::" in url:
-        raise ValueError(
-            f"{url}: chained fsspec urls (e.g. simplecache::) would copy shards to disk; not accepted"
         )
 
 
@@ -228,10 +226,12 @@ class RetryingStream:
                 if self.body is None:
                     self._open()
                 assert self.body is not None
-                chunk = self.body.read(n - got if n >= 0 else DISCARD_CHUNK)
+                # read1: whatever has arrived, so bytes received before a failure count as consumed
+                read = getattr(self.body, "read1", None) or self.body.read
+                chunk = read(min(n - got, READ_CHUNK) if n >= 0 else READ_CHUNK)
                 if not chunk and self.size is not None and self.offset < self.size:
                     raise ConnectionError(f"connection closed at byte {self.offset} of {self.size}")
-            except ReadFailed:
+            except (ReadFailed, ImportError):  # (a store's client not installed: no retry helps)
                 raise
             except Exception as e:
                 self._failed(e)
@@ -256,7 +256,7 @@ class RetryingStream:
             raise _Final(f"the server answered from byte {start}, asked for byte {self.offset}")
         left = self.offset - start  # a server without Range support: drop what was consumed before
         while left > 0:
-            chunk = body.read(min(left, DISCARD_CHUNK))
+            chunk = body.read(min(left, READ_CHUNK))
             if not chunk:
                 raise ConnectionError(
                     f"connection closed at byte {self.offset - left} while skipping to {self.offset}"
@@ -266,6 +266,7 @@ class RetryingStream:
     def _failed(self, error: Exception) -> None:
         self._close_body()
         self.failures += 1
+        error = _classified(error)
         final = isinstance(error, (_Final, FileNotFoundError, PermissionError, IsADirectoryError))
         cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         if final or self.failures > self.policy.retries:
@@ -303,6 +304,21 @@ class RetryingStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _classified(error: Exception) -> Exception:
+    """An HTTP error of a store's client (it carries `.response.status_code`) as the error of that status."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if not isinstance(status, int) or isinstance(error, OSError):
+        return error
+    what = f"{type(error).__name__}: HTTP {status}"
+    if status in (404, 410):
+        return FileNotFoundError(what)
+    if status in (401, 403):
+        return PermissionError(what)
+    if status in (400, 405, 416, 501):
+        return _Final(what)
+    return error
 
 
 def _open_http(url: str, offset: int, timeout: float) -> tuple[_Body, int, int | None, str | None]:
