@@ -17,6 +17,10 @@ position, and the shuffle buffer as (shard, position) references, refilled on lo
 keeps the latest state per worker and the number of batches consumed n. On load, physical DataLoader worker
 p runs logical worker (p + n) % W, so the DataLoader's round-robin (which always starts at worker 0)
 continues the original order with no reordering buffer.
+
+Remote shards (shards.remote): a read retried successfully is invisible (the same bytes, the same batches). A shard
+still unreadable after the retries is skipped with a warning and counted (`unreadable_shards`) and drawn again later
+like any other; a worker whose shards of one source all fail one after the other stops with ShardError.
 """
 
 from __future__ import annotations
