@@ -118,7 +118,7 @@ def local_path(url: str) -> str:
 
 def check_url(url: str) -> None:
     """ValueError unless `url` is a local path, file://, pipe:, http(s) or a supported store (s3, gs, hf)."""
-    if not url.startswith("pipe:") and "::" in url.split("://", 1)[0]:
+    if not url.startswith("pipe:") and "://" in url and "::" in url.split("://", 1)[0]:
         raise ValueError(f"{url}: chained fsspec urls (e.g. simplecache::) copy shards to disk; not accepted")
     name = scheme(url)
     if name is None or name == "file" or name in HTTP:
