@@ -197,9 +197,8 @@ class SourceStream:
         for _ in range(skip):
             try:
                 next(self.groups)
-            except (
-                ShardReadError
-            ) as e:  # unreachable now: skipped, as if its read had failed in the first run
+            except ShardReadError as e:
+                # unreachable now: skipped, as if its read had failed in the first run
                 self._unreadable(e)
                 return
             except (StopIteration, CorruptSample):
@@ -263,9 +262,8 @@ class SourceStream:
                         found[s, index] = parse_record(key, members, url, s, index)
                     if index >= last:
                         break
-            except (
-                ShardReadError
-            ) as e:  # its buffered samples are dropped; the buffer refills from the stream
+            except ShardReadError as e:
+                # its buffered samples are dropped; the buffer refills from the stream
                 self.skips.note(e)
                 unreadable.add(s)
         refs = [ref for ref in refs if ref[0] not in unreadable or ref in found]
