@@ -17,6 +17,10 @@ position, and the shuffle buffer as (shard, position) references, refilled on lo
 keeps the latest state per worker and the number of batches consumed n. On load, physical DataLoader worker
 p runs logical worker (p + n) % W, so the DataLoader's round-robin (which always starts at worker 0)
 continues the original order with no reordering buffer.
+
+Remote shards (shards.remote): a read retried successfully is invisible (the same bytes, the same batches). A shard
+still unreadable after the retries is skipped with a warning and counted (`unreadable_shards`) and drawn again later
+like any other; a worker whose shards of one source all fail one after the other stops with ShardError.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.clips import Clip, collate, load_clip
-from shards.records import CorruptSample, Record, Skips, iter_groups, keeps, parse_record
+from shards.records import CorruptSample, Record, ShardReadError, Skips, iter_groups, keeps, parse_record
+from shards.remote import ReadPolicy
 from shards.shardlist import Shard, ShardError, expand_urls, train_parts
 from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
 
@@ -63,6 +68,9 @@ class DataSettings(Protocol):
     shuffle_buffer: int
     min_region_overlap: float
     allow_pipe: bool
+    retries: int
+    timeout_s: float
+    retry_backoff_s: float
 
 
 def batch_kind(index: int, strong_every: int, strong_prob: float | None, seed: int) -> str:
@@ -113,6 +121,7 @@ class MixSpec:
     rank: int
     world_size: int
     num_workers: int
+    read: ReadPolicy
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,7 +134,7 @@ class SourceStream:
 
     def __init__(self, spec: MixSpec, source: int, worker: int, skips: Skips) -> None:
         src = spec.sources[source]
-        self.name, self.shards, self.skips = src.name, src.shards, skips
+        self.name, self.shards, self.skips, self.read = src.name, src.shards, skips, spec.read
         total = spec.world_size * spec.num_workers
         self.global_worker = spec.rank * spec.num_workers + worker
         self.parts = {p[0]: p for p in train_parts(len(src.shards), total, self.global_worker)}
@@ -144,6 +153,7 @@ class SourceStream:
         self.pos = 0
         self.kept = 0
         self.barren: set[int] = set()
+        self.failing: set[int] = set()
 
     def next_record(self) -> Record:
         while len(self.buffer) < self.size:
@@ -162,6 +172,9 @@ class SourceStream:
             except StopIteration:
                 self._close()
                 continue
+            except ShardReadError as e:
+                self._unreadable(e)
+                continue
             except CorruptSample as e:
                 self.skips.note(e)
                 self._close()
@@ -175,14 +188,19 @@ class SourceStream:
                 self.skips.note(e)
                 continue
             self.kept += 1
+            self.failing.clear()
             return record
 
     def _open(self, shard: int, skip: int) -> None:
         self.shard, self.pos, self.kept = shard, 0, 0
-        self.groups = iter_groups(self.shards[shard].url)
+        self.groups = iter_groups(self.shards[shard].url, self.read)
         for _ in range(skip):
             try:
                 next(self.groups)
+            except ShardReadError as e:
+                # unreachable now: skipped, as if its read had failed in the first run
+                self._unreadable(e)
+                return
             except (StopIteration, CorruptSample):
                 raise ShardError(
                     f"source {self.name}: shard {self.shards[shard].url} has fewer than {skip} samples now; "
@@ -205,6 +223,18 @@ class SourceStream:
                 )
         self.groups, self.shard = None, None
 
+    def _unreadable(self, error: ShardReadError) -> None:
+        """Skip and count a shard whose read failed after every retry; an error once all of ours failed in a row."""
+        assert self.shard is not None
+        self.skips.note(error)
+        self.failing.add(self.shard)
+        self.groups, self.shard = None, None
+        if self.failing >= set(self.order):
+            raise ShardError(
+                f"source {self.name}: worker {self.global_worker} could read none of its {len(self.order)} "
+                f"shard(s), one after the other (the last: {error}); is the server or store reachable?"
+            )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "rng": self.rng.bit_generator.state,
@@ -222,14 +252,21 @@ class SourceStream:
                 raise ValueError(f"source {self.name}: state refers to shard {s}, not one of this worker's")
             wanted.setdefault(s, set()).add(i)
         found: dict[tuple[int, int], Record] = {}
+        unreadable: set[int] = set()
         for s, indices in sorted(wanted.items()):
             url = self.shards[s].url
             last = max(indices)
-            for index, (key, members) in enumerate(iter_groups(url)):
-                if index in indices:
-                    found[s, index] = parse_record(key, members, url, s, index)
-                if index >= last:
-                    break
+            try:
+                for index, (key, members) in enumerate(iter_groups(url, self.read)):
+                    if index in indices:
+                        found[s, index] = parse_record(key, members, url, s, index)
+                    if index >= last:
+                        break
+            except ShardReadError as e:
+                # its buffered samples are dropped; the buffer refills from the stream
+                self.skips.note(e)
+                unreadable.add(s)
+        refs = [ref for ref in refs if ref[0] not in unreadable or ref in found]
         missing = [ref for ref in refs if ref not in found]
         if missing:
             s, i = missing[0]
@@ -294,6 +331,7 @@ class WorkerStream:
             "index": self.index,
             "rng": self.rng.bit_generator.state,
             "corrupt_skipped": self.skips.count,
+            "unreadable_shards": self.skips.unreadable,
             "sources": [s.state_dict() for s in self.sources],
         }
 
@@ -301,6 +339,7 @@ class WorkerStream:
         self.index = int(state["index"])
         self.rng.bit_generator.state = state["rng"]
         self.skips.count = int(state["corrupt_skipped"])
+        self.skips.unreadable = int(state.get("unreadable_shards", 0))  # (absent in states saved before it)
         for stream, sd in zip(self.sources, state["sources"], strict=True):
             stream.load_state_dict(sd)
 
@@ -342,7 +381,7 @@ class MixedStream:
                 ):
                     raise ValueError(f"{where}.weight: must be a finite number > 0, got {src.weight!r}")
                 try:
-                    shards = tuple(expand_urls(src.urls, cfg.allow_pipe))
+                    shards = tuple(expand_urls(src.urls, cfg.allow_pipe, ReadPolicy.of(cfg)))
                 except ShardError as e:
                     raise ShardError(f"{where}: {e}") from None
                 sources.append(SourceSpec(src.name, kind, shards, float(src.weight)))
@@ -370,6 +409,7 @@ class MixedStream:
             rank=rank,
             world_size=world_size,
             num_workers=max(1, cfg.num_workers),
+            read=ReadPolicy.of(cfg),
         )
         self.processes = cfg.num_workers
         self.iterations = 0
@@ -386,6 +426,11 @@ class MixedStream:
     def corrupt_skipped(self) -> int:
         """Corrupt samples skipped by the workers up to the batches consumed so far."""
         return sum(s["corrupt_skipped"] for s in self.states if s is not None)
+
+    @property
+    def unreadable_shards(self) -> int:
+        """Shards skipped because the network or store failed after every retry, up to the batches consumed so far."""
+        return sum(s.get("unreadable_shards", 0) for s in self.states if s is not None)
 
     def __iter__(self) -> Iterator[dict]:
         """Batches from where the consumer stands; a new iterator supersedes (and stops) the previous one."""

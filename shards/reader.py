@@ -4,7 +4,9 @@
         batch["audio"], batch["audio_mask"], batch["captions"]   # [B, N] float32, [B, N] bool, list[list[str]]
 
 Records come from shards.records, clips and batches from shards.clips, the move between processes from
-shards.transfer. Training streams with weighted mixing live in shards.mixing.
+shards.transfer. Training streams with weighted mixing live in shards.mixing. A shard that cannot be read after
+every retry (a network or store failure) stops the evaluation with ShardReadError: metrics of a split read in part
+would be wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.clips import Clip, collate, load_clip
 from shards.records import CorruptSample, Skips, iter_part
+from shards.remote import ReadPolicy
 from shards.shardlist import Shard, ShardError, eval_parts, expand_urls
 from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
 
@@ -37,8 +40,10 @@ class EvalShards(IterableDataset):
         num_workers: int,
         window: int | None,
         min_overlap: float,
+        policy: ReadPolicy | None = None,
     ) -> None:
         self.shards = list(shards)
+        self.policy = policy
         self.sample_rate = sample_rate
         self.batch_size = batch_size
         self.window = window
@@ -56,7 +61,7 @@ class EvalShards(IterableDataset):
         buffers = BatchBuffers()
         clips: list[Clip] = []
         for part in parts:
-            for record in iter_part(self.shards, part, skips):
+            for record in iter_part(self.shards, part, skips, self.policy):
                 try:
                     clip = load_clip(
                         record, record.sample.dataset, self.sample_rate, self.window, self.min_overlap
@@ -111,13 +116,15 @@ def iter_eval_batches(
     min_region_overlap: float = 0.5,
     stats: dict | None = None,
     max_samples: int | None = None,
+    policy: ReadPolicy | None = None,
 ) -> Iterator[dict]:
     """Finite evaluation batches of this rank; over all ranks and workers every sample comes exactly once.
 
     clip_seconds None: whole clips, padded to the longest in the batch; a number: the window [0, clip_seconds).
     max_samples: only the first N samples of the split in shard order (the same subset for any world size).
     Captions are all of a sample's captions (list[list[str]]); region fields are always present. `stats`, if
-    given, receives "corrupt_skipped" (filled when the iteration ends).
+    given, receives "corrupt_skipped" (filled when the iteration ends). `policy`: retries and timeout of network
+    reads; a shard still unreadable after them raises ShardReadError.
     """
     if batch_size <= 0 or sample_rate <= 0:
         raise ValueError(f"batch_size and sample_rate must be > 0, got {batch_size} and {sample_rate}")
@@ -125,12 +132,12 @@ def iter_eval_batches(
         raise ValueError(f"rank {rank} out of range for world size {world_size}")
     if clip_seconds is not None and clip_seconds <= 0:
         raise ValueError(f"clip_seconds must be > 0 or None, got {clip_seconds}")
-    shards = expand_urls(urls, allow_pipe)
+    shards = expand_urls(urls, allow_pipe, policy)
     if max_samples is not None:
         shards = first_samples(shards, max_samples)
     window = None if clip_seconds is None else round(clip_seconds * sample_rate)
     dataset = EvalShards(
-        shards, sample_rate, batch_size, rank, world_size, num_workers, window, min_region_overlap
+        shards, sample_rate, batch_size, rank, world_size, num_workers, window, min_region_overlap, policy
     )
     batches = (
         DataLoader(

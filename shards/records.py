@@ -1,7 +1,10 @@
 """Tar shards -> records: each sample's parsed JSON and FLAC bytes, with where it came from.
 
 Only a sample's `.flac` and `.json` members are read (JSON with json; nothing is ever unpickled) and member names
-never touch the filesystem. A corrupt sample is skipped and counted (`Skips`), never fatal.
+never touch the filesystem. A corrupt sample is skipped and counted (`Skips`), never fatal. A shard the network
+or store could not deliver after every retry (shards.remote) raises ShardReadError, a CorruptSample: training
+skips and counts it like a corrupt shard; evaluation (`iter_part`) lets it through, since a split read in part
+would give wrong metrics.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
-from webdataset.gopen import gopen
-
+from shards.remote import ReadFailed, ReadPolicy, open_stream
 from shards.schema import Sample, SchemaError
 from shards.shardlist import Part, Shard, ShardError, expand_urls
 from shards.tarstream import iter_tar
@@ -28,13 +30,29 @@ class CorruptSample(ValueError):
     """A sample (or the rest of a shard) that cannot be read; skipped with a warning, never fatal."""
 
 
-class Skips:
-    """Counts corrupt samples skipped and logs each one as a warning."""
+class ShardReadError(CorruptSample):
+    """A shard that could not be read to its end: its url failed after every retry (or for good: 404, 403).
 
-    def __init__(self, count: int = 0) -> None:
+    Names the url and the cause; training skips and counts it, evaluation stops on it.
+    """
+
+    def __init__(self, message: str, url: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.url, self.cause = url, cause
+
+
+class Skips:
+    """Counts corrupt samples (`count`) and unreadable shards (`unreadable`) skipped; logs each as a warning."""
+
+    def __init__(self, count: int = 0, unreadable: int = 0) -> None:
         self.count = count
+        self.unreadable = unreadable
 
     def note(self, error: Exception) -> None:
+        if isinstance(error, ShardReadError):
+            self.unreadable += 1
+            log.warning("skipping unreadable shard: %s", error)
+            return
         self.count += 1
         log.warning("skipping corrupt data: %s", error)
 
@@ -55,16 +73,16 @@ class Record:
     index: int
 
 
-def iter_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_groups(url: str, policy: ReadPolicy | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) per sample of a tar shard, in tar order; only .flac/.json members are read.
 
-    Raises ShardError for a shard with no samples and CorruptSample when the tar itself breaks (after
-    yielding what came before the damage).
+    Raises ShardError for a shard with no samples, CorruptSample when the tar itself breaks and ShardReadError
+    when the url cannot be read (after `policy`'s retries), each after yielding what came before.
     """
     n = 0
     key, members, error, stopped = None, {}, None, False
     try:
-        with closing(gopen(url, "rb")) as stream:
+        with closing(open_stream(url, policy)) as stream:
             for name, data in iter_tar(stream, _wanted):
                 base, ext = split_member(name)
                 if base != key:
@@ -81,9 +99,12 @@ def iter_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         if stopped:  # the reader stopped early; a pipe command complaining on close does not matter
             return
         error = e
-    if key is not None:
-        n += 1
+    unreadable = isinstance(error, ReadFailed)
+    if key is not None and not (unreadable and not all(ext in members for ext in MEMBERS)):
+        n += 1  # (a sample cut off by a failed read is part of the unread rest, not a corrupt sample)
         yield key, members
+    if unreadable:
+        raise ShardReadError(f"{error} ({n} samples read before)", url, str(error.__cause__ or error))
     if error is not None:
         raise CorruptSample(f"{url}: unreadable tar after {n} samples: {error}")
     if n == 0:
@@ -91,21 +112,27 @@ def iter_groups(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def iter_sample_json(
-    urls: str | Sequence[str], limit: int | None = None, allow_pipe: bool = False
+    urls: str | Sequence[str],
+    limit: int | None = None,
+    allow_pipe: bool = False,
+    policy: ReadPolicy | None = None,
 ) -> Iterator[dict]:
     """The parsed JSON member of each sample, in shard order, without reading audio (e.g. captions for a vocabulary)."""
     n = 0
-    for shard in expand_urls(urls, allow_pipe):
-        with closing(gopen(shard.url, "rb")) as stream:
-            for _, data in iter_tar(stream, lambda name: split_member(name)[1] == "json"):
-                if limit is not None and n >= limit:
-                    return
-                try:
-                    yield json.loads(data)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    log.warning("%s: skipping unreadable JSON member: %s", shard.url, e)
-                    continue
-                n += 1
+    for shard in expand_urls(urls, allow_pipe, policy):
+        try:
+            with closing(open_stream(shard.url, policy)) as stream:
+                for _, data in iter_tar(stream, lambda name: split_member(name)[1] == "json"):
+                    if limit is not None and n >= limit:
+                        return
+                    try:
+                        yield json.loads(data)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        log.warning("%s: skipping unreadable JSON member: %s", shard.url, e)
+                        continue
+                    n += 1
+        except ReadFailed as e:  # every process must see the same texts: no silent skip here
+            raise ShardError(f"cannot read the sample JSON of a shard: {e}") from None
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -139,12 +166,17 @@ def keeps(part: Part, index: int) -> bool:
     return index >= start and (stop is None or index < stop) and index % stride == offset
 
 
-def iter_part(shards: Sequence[Shard], part: Part, skips: Skips) -> Iterator[Record]:
-    """The records of one part of a shard, in order; corrupt ones are skipped and counted."""
+def iter_part(
+    shards: Sequence[Shard], part: Part, skips: Skips, policy: ReadPolicy | None = None
+) -> Iterator[Record]:
+    """The records of one part of a shard, in order; corrupt ones are skipped and counted.
+
+    An unreadable shard (ShardReadError) is raised, not skipped: the caller reads a split whole or not at all.
+    """
     s, _, stop, _, _ = part
     url = shards[s].url
     try:
-        for index, (key, members) in enumerate(iter_groups(url)):
+        for index, (key, members) in enumerate(iter_groups(url, policy)):
             if stop is not None and index >= stop:
                 return
             if keeps(part, index):
@@ -152,5 +184,7 @@ def iter_part(shards: Sequence[Shard], part: Part, skips: Skips) -> Iterator[Rec
                     yield parse_record(key, members, url, s, index)
                 except CorruptSample as e:
                     skips.note(e)
+    except ShardReadError:
+        raise
     except CorruptSample as e:
         skips.note(e)

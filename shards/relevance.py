@@ -2,19 +2,22 @@
 
 They come from a split's manifest.json (`relevance_keys`: query -> sample keys, written by the Clotho converter
 from DCASE 2025's `metadata_eval.csv`; or `relevance`: query -> file names) or from such a CSV given directly.
-`load_relevance` finds the manifests of shard urls with the url rules of `shards.shardlist`. Entries are returned
-as written (keys or file names); matching them to evaluated clips is `trainer.metrics.judged_relevance`.
+`load_relevance` finds the manifests of shard urls with the url rules of `shards.shardlist` (a remote split's
+manifest is fetched from beside its shards). Entries are returned as written (keys or file names); matching them
+to evaluated clips is `trainer.metrics.judged_relevance`.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shards.remote import ReadPolicy, is_remote, read_bytes, url_name
 from shards.shardlist import split_manifests
 
 
@@ -53,19 +56,24 @@ def parse_relevance(obj: Any, source: str = "relevance") -> dict[str, list[str]]
     return out
 
 
-def read_relevance(path: str | Path) -> dict[str, list[str]] | None:
-    """Relevance judgements from a split's manifest.json (None when it has none) or a metadata_eval.csv."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: relevance file not found")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"query", "audio_filenames"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: expected columns query,audio_filenames, got {reader.fieldnames}")
-            return parse_relevance(list(reader), str(path))
+def read_relevance(path: str | Path, policy: ReadPolicy | None = None) -> dict[str, list[str]] | None:
+    """Relevance judgements from a split's manifest.json (None when it has none) or a metadata_eval.csv.
+
+    `path` is a file or a url (http(s), s3, gs, hf), read with `policy`'s retries.
+    """
+    remote = isinstance(path, str) and is_remote(path)
+    if not remote:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: relevance file not found")
+    text = read_bytes(str(path), policy).decode("utf-8")
+    if url_name(str(path)).lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames or not {"query", "audio_filenames"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected columns query,audio_filenames, got {reader.fieldnames}")
+        return parse_relevance(list(reader), str(path))
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from None
     if not isinstance(manifest, dict):
@@ -77,11 +85,13 @@ def read_relevance(path: str | Path) -> dict[str, list[str]] | None:
     return parse_relevance(manifest[field], f"{path}: {field}")
 
 
-def load_relevance(urls: str | Sequence[str], allow_pipe: bool = False) -> dict[str, list[str]] | None:
+def load_relevance(
+    urls: str | Sequence[str], allow_pipe: bool = False, policy: ReadPolicy | None = None
+) -> dict[str, list[str]] | None:
     """Merged judgements of the manifests of the splits `urls` expand into; None when no manifest has any."""
     merged: dict[str, list[str]] | None = None
-    for path in split_manifests(urls, allow_pipe):
-        rel = read_relevance(path)
+    for path in split_manifests(urls, allow_pipe, policy):
+        rel = read_relevance(path, policy)
         if rel is not None:
             merged = merged or {}
             for query, names in rel.items():

@@ -2,12 +2,19 @@
 made by the real generator and converters, and the trainer overrides that point configs/debug.yaml at them.
 
 Fixtures built on these live in tests/conftest.py (`tiny_shards`); package-specific helpers stay in the package's
-own conftest (e.g. tests/shards/conftest.py: hand-made tars for reader tests).
+own conftest (e.g. tests/shards/conftest.py: hand-made tars for reader tests). `http_server` serves a folder from a
+real HTTP server on 127.0.0.1 (tools.serve) that drops or stalls connections where a test says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +152,138 @@ def train_overrides(shards: Path, out_dir: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real HTTP server on loopback (tools.serve: byte ranges, ETag) that fails on purpose where a test says so
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faults:
+    """What the loopback server does wrong, by file name. Each GET of NAME takes the next entry of `cut[NAME]`
+    (send that many body bytes, then drop the connection) or `stall[NAME]` (send that many, then send nothing
+    until the server stops); a NAME in `fail` loses its connection before any byte, every time. `ignore_range`
+    answers every GET with the whole file (200), as a server without Range support would. `after_cut` runs
+    after each cut (e.g. to change the file). `requests` logs (path, Range header) of every GET."""
+
+    cut: dict[str, list[int]] = field(default_factory=dict)
+    stall: dict[str, list[int]] = field(default_factory=dict)
+    fail: set[str] = field(default_factory=set)
+    ignore_range: bool = False
+    after_cut: Callable[[str], None] | None = None
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, plan: dict[str, list[int]], name: str) -> int | None:
+        with self.lock:
+            left = plan.get(name)
+            return left.pop(0) if left else None
+
+    def ranges(self, name: str) -> list[str | None]:
+        """The Range headers of the GETs of a file name, in order."""
+        with self.lock:
+            return [r for p, r in self.requests if p.rsplit("/", 1)[-1] == name]
+
+
+def _faulty_handler(faults: Faults):
+    import socket
+
+    from tools.serve import ShardHandler
+
+    class FaultyHandler(ShardHandler):
+        def serve(self, body: bool) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            if body:
+                with faults.lock:
+                    faults.requests.append((self.path, self.headers.get("Range")))
+                if name in faults.fail:
+                    self._drop()
+                    return
+            if faults.ignore_range:
+                del self.headers["Range"]
+            super().serve(body)
+
+        def send_body(self, path: Path, offset: int, length: int) -> None:
+            cut, stall = faults.take(faults.cut, path.name), faults.take(faults.stall, path.name)
+            if cut is None and stall is None:
+                return super().send_body(path, offset, length)
+            super().send_body(path, offset, min(length, cut if cut is not None else stall))
+            if stall is not None:
+                self.wfile.flush()
+                faults.release.wait()
+            self._drop()
+            if cut is not None and faults.after_cut is not None:
+                faults.after_cut(path.name)
+
+        def _drop(self) -> None:
+            self.close_connection = True
+            with suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    return FaultyHandler
+
+
+@contextmanager
+def http_server(root: Path, faults: Faults | None = None) -> Iterator:
+    """tools.serve's server over `root` on 127.0.0.1 (a free port) in a thread, failing as `faults` say; its `url`."""
+    from tools.serve import make_server
+
+    faults = faults or Faults()
+    server = make_server(root, handler=_faulty_handler(faults))
+    try:
+        yield server
+    finally:
+        faults.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def http_server_process(root: Path, die_after: int | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m tools.serve ROOT --port 0` as its own process: (process, url). With `die_after` N, the process
+    sends half of the body of the N-th .tar it is asked for and then exits at once, as a crashed server would."""
+    if die_after is None:
+        cmd = [sys.executable, "-m", "tools.serve", str(root), "--port", "0"]
+    else:
+        cmd = [
+            sys.executable,
+            "-c",
+            f"from tests.helpers import serve_then_die; serve_then_die({str(root)!r}, {die_after})",
+        ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r"at (http://\S+?)/?$", line.strip())
+        assert found, f"the shard server did not start: {line!r}"
+        yield proc, found.group(1)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def serve_then_die(root: str, die_after: int) -> None:
+    """tools.serve's server on a free port that dies in the middle of the `die_after`-th .tar it serves."""
+    import os
+
+    from tools.serve import ShardHandler, ShardServer
+
+    served = [0]
+    lock = threading.Lock()
+
+    class Dying(ShardHandler):
+        def send_body(self, path: Path, offset: int, length: int) -> None:
+            if path.suffix == ".tar":
+                with lock:
+                    served[0] += 1
+                    last = served[0] >= die_after
+                if last:
+                    super().send_body(path, offset, length // 2)
+                    self.wfile.flush()
+                    os._exit(1)
+            super().send_body(path, offset, length)
+
+    server = ShardServer(Path(root), handler=Dying)
+    print(f"serving {server.root} at {server.url}/", flush=True)
+    server.serve_forever()

@@ -32,8 +32,6 @@ DECLARED_NOT_IMPORTED = {
     "pandas": ("sed_scores_eval", "pandas"),
     # sed_scores_eval -> sed_eval -> dcase_util imports pkg_resources, which setuptools 81 removed.
     "setuptools": ("sed_scores_eval", "pkg_resources"),
-    # Model hub access (transformers downloads through it); sonotext's own hub commands will import it directly.
-    "huggingface-hub": ("transformers", "huggingface_hub"),
 }
 
 

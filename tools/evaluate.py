@@ -27,14 +27,19 @@ TASKS = ("retrieval", "temporal")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="RUN/checkpoints/step_N (holds model/)")
-    p.add_argument("--data", required=True, nargs="+", help="shard urls: brace pattern(s) or split folder(s)")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="shard urls: split folder(s) or brace pattern(s); local, http(s)://, s3://, gs:// or hf://",
+    )
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", required=True, type=Path, help="JSON report to write")
     p.add_argument("--batch-size", type=int, default=16, help="clips per batch and rank (default 16)")
     p.add_argument("--sample-rate", type=int, default=None, help="default: the model's sample rate")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument(
-        "--relevance", type=Path, default=None, help="manifest.json or metadata_eval.csv with judgements"
+        "--relevance", default=None, help="manifest.json or metadata_eval.csv (a path or url) with judgements"
     )
     p.add_argument("--max-sed-queries", type=int, default=512, help="query vocabulary cap for PSDS1/pAUROC")
     p.add_argument(

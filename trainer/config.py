@@ -39,7 +39,7 @@ class SourceConfig:
     name: str = ""
     """Source name, used in logs (metrics.jsonl data_seen) and data-stream state."""
     urls: str | list[str] = ""
-    """Shard urls: a brace pattern (shards/x/train/x-train-{000000..000009}.tar), or a list of them."""
+    """Shard urls: a split folder, a brace pattern (shards/x/train/x-train-{000000..000009}.tar), or a list; local, http(s)://, s3://, gs:// or hf://."""
     weight: float = 1.0
     """Relative sampling weight among the sources of the same kind (weak or strong); must be > 0."""
 
@@ -68,6 +68,12 @@ class DataConfig:
     """A strong region cut by the crop window is kept only if at least this fraction of it stays inside."""
     allow_pipe: bool = False
     """Accept `pipe:` shard urls (they run shell commands); off unless you trust the config."""
+    retries: int = 5
+    """Retries of a failed or stalled network read (http(s), s3, gs, hf) of one shard, each resuming at the byte reached; then training skips the shard, evaluation stops."""
+    timeout_s: float = 60.0
+    """Seconds an http(s) read may wait for data before it counts as stalled and is retried (object stores: their client's timeouts)."""
+    retry_backoff_s: float = 1.0
+    """Wait before the first retry of a network read; doubled for each further one (at most 30 s), with jitter."""
 
 
 @dataclass
@@ -192,7 +198,7 @@ class EvalSetConfig:
     name: str = ""
     """Name of the evaluation set (report keys are NAME/metric)."""
     urls: str | list[str] = ""
-    """Shard urls of a finite evaluation split (brace pattern or list)."""
+    """Shard urls of a finite evaluation split (split folder, brace pattern or list; local or remote like data urls)."""
     max_samples: int | None = None
     """Evaluate on at most this many samples (null: all)."""
 
@@ -305,10 +311,14 @@ def validate(cfg: Config) -> None:
         "train.eval_every": cfg.train.eval_every,
         "train.save_every": cfg.train.save_every,
         "train.keep_last": cfg.train.keep_last,
+        "data.retries": cfg.data.retries,
+        "data.retry_backoff_s": cfg.data.retry_backoff_s,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+    if not cfg.data.timeout_s > 0:
+        raise ConfigError(f"data.timeout_s: must be > 0, got {cfg.data.timeout_s!r}")
     if not 0.0 <= cfg.data.min_region_overlap <= 1.0:
         raise ConfigError(f"data.min_region_overlap: must be in [0, 1], got {cfg.data.min_region_overlap!r}")
     if cfg.data.strong_prob is not None and not 0.0 <= cfg.data.strong_prob <= 1.0:

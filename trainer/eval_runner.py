@@ -13,6 +13,7 @@ from trainer.config import Config, EvalSetConfig
 def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
     """Finite batches of one evaluation set for this rank: whole clips, each sample exactly once over all ranks."""
     from shards.reader import iter_eval_batches
+    from shards.remote import ReadPolicy
 
     return iter_eval_batches(
         s.urls,
@@ -24,6 +25,7 @@ def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
         allow_pipe=cfg.data.allow_pipe,
         min_region_overlap=cfg.data.min_region_overlap,
         max_samples=s.max_samples,
+        policy=ReadPolicy.of(cfg.data),
     )
 
 
@@ -36,6 +38,7 @@ def partitions_parameters(accelerator) -> bool:
 def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
     """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
     from shards.relevance import load_relevance
+    from shards.remote import ReadPolicy
     from trainer.evaluate import evaluate_retrieval, evaluate_temporal
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -45,7 +48,7 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
         report = evaluate_retrieval(
             model,
             eval_batches(s, cfg, rank, world),
-            relevance=load_relevance(s.urls, cfg.data.allow_pipe),
+            relevance=load_relevance(s.urls, cfg.data.allow_pipe, ReadPolicy.of(cfg.data)),
             device=accelerator.device,
             lockstep=lockstep,
         )

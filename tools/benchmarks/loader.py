@@ -11,7 +11,14 @@ batches across processes; soundfile stands in for torchaudio, which is not a dep
 Linux), which other load on a shared machine disturbs much less than wall time. Each figure is the best of
 `--repeat` runs; the loaders are measured interleaved so drifting load affects them alike.
 
+Streaming: `--serve` serves the generated shards from `tools.serve` (its own process, 127.0.0.1) and measures the
+same pipeline reading them over http against reading the files; `--url URL --local DIR` does the same for a split
+you host (http(s), s3, gs, hf) and its copy on disk. There `ratio` = samples/s over the url ÷ from the files, and
+`cpu_ratio` = CPU per sample from the files ÷ over the url (the server's CPU not counted).
+
     python -m tools.bench loader [--clips 64] [--seconds 10] [--workers 0 1 2] [--json PATH]
+    python -m tools.bench loader --serve [--workers 0 2 4]
+    python -m tools.bench loader --url https://host/shards/x/train --local /data/shards/x/train
 """
 
 from __future__ import annotations
@@ -22,10 +29,15 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DataLoader workers to measure (default 0 1 2)",
     )
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, best kept (default 2)")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="streaming: read the generated shards from a loopback HTTP server (tools.serve) vs from the files",
+    )
+    parser.add_argument(
+        "--url", default=None, help="streaming: a split folder (or pattern) url to read, vs --local"
+    )
+    parser.add_argument("--local", default=None, help="with --url: the same shards on disk (the baseline)")
 
 
 def make_data(root: Path, clips: int, seconds: float, sample_rate: int) -> list[Path]:
@@ -102,8 +123,9 @@ def _decode_files(paths: list[str]) -> int:
     return len(paths)
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its live child processes (worker processes; Linux /proc, else self only)."""
+def cpu_seconds(exclude: frozenset[int] = frozenset()) -> float:
+    """CPU time of this process and its live child processes (worker processes; Linux /proc, else self only),
+    leaving out the children in `exclude` (a server we started)."""
     total = time.process_time()
     proc = Path("/proc")
     if not proc.is_dir():
@@ -114,9 +136,14 @@ def cpu_seconds() -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == me:  # fields after the command: state, ppid, ..., utime (12), stime (13)
+        if int(fields[1]) == me and int(stat.parent.name) not in exclude:
+            # fields after the command: state, ppid, ..., utime (12), stime (13)
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+EXCLUDED: set[int] = set()
+"""Child processes whose CPU time is not ours (the loopback server of --serve)."""
 
 
 def bare_decode(files: list[Path], processes: int, passes: int) -> tuple[float, float]:
@@ -131,20 +158,26 @@ def bare_decode(files: list[Path], processes: int, passes: int) -> tuple[float, 
 
 
 def _measure(work: Any, samples: int) -> tuple[float, float]:
-    cpu, start = cpu_seconds(), time.perf_counter()
+    exclude = frozenset(EXCLUDED)
+    cpu, start = cpu_seconds(exclude), time.perf_counter()
     work()
-    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds(exclude) - cpu
     return samples / wall, cpu / samples * 1e3
 
 
 def pipeline(root: Path, workers: int, samples: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Samples/s of MixedStream batches (after each worker's first batch, which includes start-up)."""
+    """Samples/s of MixedStream batches over root/shards (see `stream_rate`)."""
+    return stream_rate(str(root / "shards"), workers, samples, args)
+
+
+def stream_rate(urls: str, workers: int, samples: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Samples/s of MixedStream batches from `urls` (after each worker's first batch, which includes start-up)."""
     cfg = DataConfig(
         sample_rate=args.sample_rate,
         clip_seconds=args.seconds,
         batch_size=args.batch_size,
         num_workers=workers,
-        weak=[SourceConfig("bench", str(root / "shards"), 1.0)],
+        weak=[SourceConfig("bench", urls, 1.0)],
         strong=[],
         strong_every=0,
         shuffle_buffer=8,
@@ -203,6 +236,8 @@ def _timed(batches: Any, warmup: int, samples: int, batch_size: int) -> tuple[fl
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.serve or args.url:
+        return run_streaming(args)
     root = Path(tempfile.mkdtemp(prefix="sonotext-bench-loader-"))
     try:
         files = make_data(root, args.clips, args.seconds, args.sample_rate)
@@ -242,6 +277,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming: the same pipeline over a url vs over the files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """`python -m tools.serve FOLDER --port 0` in its own process (its CPU left out of ours): its url."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.serve", str(folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    EXCLUDED.add(proc.pid)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        found = re.search(r"at (http://\S+?)/?$", line.strip())
+        if not found:
+            raise RuntimeError(f"tools.serve did not start: {line!r}")
+        yield found.group(1)
+    finally:
+        proc.kill()
+        proc.wait()
+        EXCLUDED.discard(proc.pid)
+
+
+def run_streaming(args: argparse.Namespace) -> dict[str, Any]:
+    """--serve / --url: the pipeline over the url vs over the same shards on disk."""
+    if args.serve and args.url:
+        raise SystemExit("--serve and --url: choose one (--serve makes the data and serves it itself)")
+    if args.url and not args.local:
+        raise SystemExit("--url needs --local: the same shards on disk, for the baseline")
+    if args.serve:
+        root = Path(tempfile.mkdtemp(prefix="sonotext-bench-loader-"))
+        try:
+            make_data(root, args.clips, args.seconds, args.sample_rate)
+            with served(root) as url:
+                return compare_streaming(str(root / "shards"), f"{url}/shards", "http (loopback)", args)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return compare_streaming(args.local, args.url, args.url, args)
+
+
+def compare_streaming(local: str, url: str, label: str, args: argparse.Namespace) -> dict[str, Any]:
+    samples = args.clips * args.passes
+    sources = {"local files": local, label: url}
+    rate: dict[tuple[str, int], float] = {}
+    cpu: dict[tuple[str, int], float] = {}
+    for _ in range(args.repeat):
+        for w in args.workers:
+            for name, urls in sources.items():
+                r, c = stream_rate(urls, w, samples, args)
+                rate[name, w] = max(rate.get((name, w), 0.0), r)
+                cpu[name, w] = min(cpu.get((name, w), math.inf), c)
+    rows = [
+        {
+            "loader": f"sonotext pipeline, {name}",
+            "workers": w,
+            "samples/s": rate[name, w],
+            "audio s/s": rate[name, w] * args.seconds,
+            "vs local": rate[name, w] / rate["local files", w],
+            "cpu ms/sample": cpu[name, w],
+        }
+        for w in args.workers
+        for name in sources
+    ]
+    top = max(args.workers)
+    return {
+        "rows": rows,
+        "ratio": rate[label, top] / rate["local files", top],
+        "cpu_ratio": cpu["local files", top] / cpu[label, top],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
