@@ -211,10 +211,12 @@ def draw_stripes(
 
 class SpecAugment(nn.Module):
     """SpecAugment (Park et al. 2019) on [B, T, M] features: per clip, independent time and frequency stripes are set
-    to the clip's mean feature value (the value normalised features have at zero, where LAION-CLAP's HTSAT masks).
+    to the clip's mean feature value (≈ 0 once a backend normalises its features; LAION-CLAP's HTSAT masks with 0 after
+    its BatchNorm).
 
-    Stripe draws follow torchlibrosa's DropStripes, which LAION-CLAP's HTSAT uses (2 time stripes < 64 frames and 2
-    frequency stripes < 8 bins): width uniform below the maximum, start uniform where the stripe fits.
+    Stripes are drawn as torchlibrosa's DropStripes draws them (LAION-CLAP's HTSAT: 2 time stripes < 64 frames of
+    10 ms, 2 frequency stripes < 8 of 64 bins): width uniform below the maximum, then a start where it fits (here any
+    such start; torchlibrosa's never reaches the last position).
     """
 
     def __init__(self, time_masks: int, time_width: float, freq_masks: int, freq_width: int):
