@@ -8,7 +8,8 @@ Tower locking follows open_clip (`lock_image_tower` / `lock_text_tower` with `un
 [everything before its layer stack (front end, embeddings), layer 1, ..., layer L]; `freeze: N` freezes all but the
 last N groups, `freeze: true` the whole tower. Modules that run after the stack (final norm, pooler) stay trainable
 with `freeze: N`, as open_clip leaves them; LayerNorms inside frozen groups are frozen (open_clip's default). The
-projection heads are not part of a tower and always train.
+projection heads are not part of a tower and always train. BatchNorm running statistics (HTSAT's) still update in
+training mode: open_clip's freeze_bn_stats is not offered.
 """
 
 from __future__ import annotations
