@@ -117,12 +117,13 @@ def load_clip(
     min_overlap: float,
     rng: np.random.Generator | None = None,
     need: str | None = None,
+    caption_index: int | None = None,
 ) -> Clip | None:
     """Decode and crop one record.
 
-    With `rng` (training) the window start is random and one caption is picked; without it (evaluation)
-    the window starts at 0. `window` None keeps the whole clip. `need` "weak"/"strong": return None for a
-    sample without captions/regions. Undecodable audio raises CorruptSample.
+    With `rng` (training) the window start is random and one caption is picked (caption `caption_index` when
+    given); without it (evaluation) the window starts at 0. `window` None keeps the whole clip. `need`
+    "weak"/"strong": return None for a sample without captions/regions. Undecodable audio raises CorruptSample.
     """
     sample = record.sample
     if need == "weak" and not sample.captions:
@@ -155,8 +156,56 @@ def load_clip(
         return None
     caption = ""
     if rng is not None and sample.captions:
-        caption = sample.captions[int(rng.integers(len(sample.captions)))]
+        if caption_index is None:
+            caption_index = int(rng.integers(len(sample.captions)))
+        caption = sample.captions[caption_index]
     return Clip(sample.key, source, audio, start / sample_rate, list(sample.captions), caption, kept)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixup
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def draw_mixup(rng: np.random.Generator, n: int, prob: float, alpha: float) -> list[float | None]:
+    """Per clip of a batch of `n`: its mixing weight λ ~ Beta(alpha, alpha) with probability `prob`, else None."""
+    mixed = rng.random(n) < prob
+    lambdas = rng.beta(alpha, alpha, size=n)
+    return [float(lam) if m else None for m, lam in zip(mixed, lambdas)]
+
+
+def join_captions(first: str, second: str) -> str:
+    """The caption of a mixed clip: "A dog barks." + "Rain falls." -> "A dog barks and rain falls."."""
+    first = first.rstrip()
+    end = ""
+    while first and first[-1] in ".!?":
+        end, first = first[-1] + end, first[:-1]
+    second = second.strip().rstrip(".!?")
+    if len(second) > 1 and not second[1].isupper():  # keep acronyms ("TV", "A/C") as they are
+        second = second[:1].lower() + second[1:]
+    return f"{first.rstrip()} and {second}{end[:1]}"
+
+
+def mix_clips(clips: Sequence[Clip], lambdas: Sequence[float | None]) -> list[Clip]:
+    """Mixup inside a batch: clip i with a weight λ_i becomes round(λ_i·a_i + (1-λ_i)·a_j), j = B-1-i (LAION-CLAP's
+    do_mixup pairs each clip with the flipped batch), zero-padded to the longer of the two; its caption becomes
+    join_captions(caption_i, caption_j) and its key KEY_i+KEY_j (a new audio). Clips with λ None stay as they are."""
+    n = len(clips)
+    out = []
+    for i, (clip, lam) in enumerate(zip(clips, lambdas, strict=True)):
+        other = clips[n - 1 - i]
+        if lam is None or other is clip:
+            out.append(clip)
+            continue
+        length = max(len(clip.audio), len(other.audio))
+        a = np.zeros(length, np.float64)
+        b = np.zeros(length, np.float64)
+        a[: len(clip.audio)] = clip.audio
+        b[: len(other.audio)] = other.audio
+        audio = np.clip(np.round(lam * a + (1.0 - lam) * b), -32768, 32767).astype(np.int16)
+        caption = join_captions(clip.caption, other.caption)
+        out.append(Clip(f"{clip.key}+{other.key}", clip.source, audio, clip.start, [caption], caption))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

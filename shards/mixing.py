@@ -10,7 +10,10 @@ batches g = w, w+W, w+2W, ... of the rank's batch sequence. Batch g is strong or
 only on (g, config, seed), so every rank has the same kind at the same step (the cross-rank losses need that).
 Inside a batch each sample's source is drawn by weight with the worker's RNG. Each (rank, worker) owns a
 disjoint part of every source's shards (shards.shardlist.train_parts), reads resampled shards of that part
-forever (open_clip style) through a per-source shuffle buffer.
+forever (open_clip style) through a per-source shuffle buffer. With `caption_sampling: all` it reads its part in
+passes instead (each pass: its shards in a new random order, every sample once, a weak sample as one item per
+caption) and empties the shuffle buffer before the next pass begins, so each pass yields every (clip, caption) pair
+exactly once, like an epoch of the DCASE baseline's DataLoader over Clotho(flat_captions=True).
 
 Resuming exactly: every batch carries its worker's state after producing it (RNG states, open shard and
 position, and the shuffle buffer as (shard, position) references, refilled on load). The consuming process
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.clips import Clip, collate, load_clip
+from shards.clips import Clip, collate, draw_mixup, load_clip, mix_clips
 from shards.records import CorruptSample, Record, ShardReadError, Skips, iter_groups, keeps, parse_record
 from shards.remote import ReadPolicy
 from shards.shardlist import Shard, ShardError, expand_urls, train_parts
@@ -71,6 +74,9 @@ class DataSettings(Protocol):
     retries: int
     timeout_s: float
     retry_backoff_s: float
+    caption_sampling: str
+    mixup: Any
+    """`prob` and `alpha` (trainer.config.MixupConfig)."""
 
 
 def batch_kind(index: int, strong_every: int, strong_prob: float | None, seed: int) -> str:
@@ -122,6 +128,9 @@ class MixSpec:
     world_size: int
     num_workers: int
     read: ReadPolicy
+    caption_sampling: str = "random"
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,6 +144,8 @@ class SourceStream:
     def __init__(self, spec: MixSpec, source: int, worker: int, skips: Skips) -> None:
         src = spec.sources[source]
         self.name, self.shards, self.skips, self.read = src.name, src.shards, skips, spec.read
+        self.passes = spec.caption_sampling == "all"
+        self.per_caption = self.passes and src.kind == WEAK
         total = spec.world_size * spec.num_workers
         self.global_worker = spec.rank * spec.num_workers + worker
         self.parts = {p[0]: p for p in train_parts(len(src.shards), total, self.global_worker)}
@@ -143,29 +154,56 @@ class SourceStream:
         weights = np.array(counts if all(counts) else [1] * len(counts), dtype=np.float64)
         self.probs = weights / weights.sum()
         self.size = max(1, spec.shuffle_buffer)
-        if all(counts):  # a buffer larger than the worker's share would only hold repeats
+        if all(counts) and not self.passes:  # a buffer larger than the worker's share would only hold repeats
             share = sum(len(range(self.parts[s][4], c, self.parts[s][3])) for s, c in zip(self.order, counts))
             self.size = max(1, min(self.size, share))
         self.rng = _rng(spec.seed, spec.rank, worker, source, 1)
-        self.buffer: list[Record] = []
+        self.buffer: list[Record] | list[tuple[Record, int | None]] = []
         self.groups: Iterator[tuple[str, dict[str, bytes]]] | None = None
         self.shard: int | None = None
         self.pos = 0
         self.kept = 0
         self.barren: set[int] = set()
         self.failing: set[int] = set()
+        self.pass_order: list[int] = []  # passes: this pass's shards, in reading order
+        self.pass_next = 0  # passes: position in pass_order of the next shard to open
 
-    def next_record(self) -> Record:
+    def next_record(self) -> tuple[Record, int | None]:
+        """The next record out of the shuffle buffer, and the caption it stands for (None: the clip draws one)."""
+        if self.passes:
+            return self._next_item()
         while len(self.buffer) < self.size:
             self.buffer.append(self._read())
+        return self._take(), None
+
+    def _take(self):
         i = int(self.rng.integers(len(self.buffer)))
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
         return self.buffer.pop()
 
-    def _read(self) -> Record:
+    def _next_item(self) -> tuple[Record, int | None]:
+        while True:
+            while len(self.buffer) < self.size:
+                record = self._read()
+                if record is None:  # this pass is read; the buffer empties before the next one begins
+                    break
+                captions = len(record.sample.captions) if self.per_caption else 0
+                self.buffer.extend([(record, c) for c in range(captions)] or [(record, None)])
+            if self.buffer:
+                return self._take()
+            self.pass_order = [self.order[int(i)] for i in self.rng.permutation(len(self.order))]
+            self.pass_next = 0
+
+    def _read(self) -> Record | None:
         while True:
             if self.groups is None:
-                self._open(self.order[int(self.rng.choice(len(self.order), p=self.probs))], 0)
+                if not self.passes:
+                    self._open(self.order[int(self.rng.choice(len(self.order), p=self.probs))], 0)
+                elif self.pass_next < len(self.pass_order):
+                    self.pass_next += 1
+                    self._open(self.pass_order[self.pass_next - 1], 0)
+                else:
+                    return None
             assert self.groups is not None and self.shard is not None
             try:
                 key, members = next(self.groups)
@@ -236,16 +274,24 @@ class SourceStream:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        if not self.passes:
+            refs = [(r.shard, r.index) for r in self.buffer]
+        else:  # (shard, position, caption; -1: none)
+            refs = [(r.shard, r.index, -1 if c is None else c) for r, c in self.buffer]
+        state = {
             "rng": self.rng.bit_generator.state,
             "shard": self.shard,
             "pos": self.pos,
-            "buffer": np.array([(r.shard, r.index) for r in self.buffer], dtype=np.int64).reshape(-1, 2),
+            "buffer": np.array(refs, dtype=np.int64).reshape(-1, 3 if self.passes else 2),
         }
+        if self.passes:
+            state.update(pass_order=list(self.pass_order), pass_next=self.pass_next)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore RNG and shard position, and refill the shuffle buffer by re-reading the referenced samples."""
-        refs = [(int(s), int(i)) for s, i in np.asarray(state["buffer"], dtype=np.int64).reshape(-1, 2)]
+        items = np.asarray(state["buffer"], dtype=np.int64).reshape(-1, 3 if self.passes else 2)
+        refs = [(int(row[0]), int(row[1])) for row in items]
         wanted: dict[int, set[int]] = {}
         for s, i in refs:
             if s not in self.parts:
@@ -274,7 +320,12 @@ class SourceStream:
                 f"source {self.name}: shard {self.shards[s].url} has no sample at position {i} any more; "
                 "it changed since the data state was saved"
             )
-        self.buffer = [found[ref] for ref in refs]
+        if self.passes:
+            self.buffer = [(found[ref], None if c < 0 else int(c)) for ref, c in zip(refs, items[:, 2])]
+            self.pass_order = [int(s) for s in state["pass_order"]]
+            self.pass_next = int(state["pass_next"])
+        else:
+            self.buffer = [found[ref] for ref in refs]
         self.rng.bit_generator.state = state["rng"]
         self.groups, self.shard = None, None
         if state["shard"] is not None:
@@ -305,6 +356,8 @@ class WorkerStream:
         members = [i for i, s in enumerate(spec.sources) if s.kind == kind]
         picks = choose_sources(self.rng, [spec.sources[i].weight for i in members], spec.batch_size)
         clips = [self._next_clip(members[p], kind) for p in picks]
+        if kind == WEAK and spec.mixup_prob > 0:
+            clips = mix_clips(clips, draw_mixup(self.rng, len(clips), spec.mixup_prob, spec.mixup_alpha))
         batch = collate(clips, kind, spec.window, buffers=self.buffers)
         self.index += spec.num_workers
         batch.update(_index=g, _worker=self.worker, _state=self.state_dict())
@@ -313,10 +366,17 @@ class WorkerStream:
     def _next_clip(self, source: int, kind: str) -> Clip:
         spec, name = self.spec, self.spec.sources[source].name
         for _ in range(MAX_UNUSABLE):
-            record = self.sources[source].next_record()
+            record, caption = self.sources[source].next_record()
             try:
                 clip = load_clip(
-                    record, name, spec.sample_rate, spec.window, spec.min_overlap, rng=self.rng, need=kind
+                    record,
+                    name,
+                    spec.sample_rate,
+                    spec.window,
+                    spec.min_overlap,
+                    rng=self.rng,
+                    need=kind,
+                    caption_index=caption,
                 )
             except CorruptSample as e:
                 self.skips.note(e)
@@ -410,6 +470,9 @@ class MixedStream:
             world_size=world_size,
             num_workers=max(1, cfg.num_workers),
             read=ReadPolicy.of(cfg),
+            caption_sampling=cfg.caption_sampling,
+            mixup_prob=cfg.mixup.prob,
+            mixup_alpha=cfg.mixup.alpha,
         )
         self.processes = cfg.num_workers
         self.iterations = 0
@@ -476,6 +539,7 @@ class MixedStream:
             "num_workers": spec.num_workers,
             "seed": spec.seed,
             "sources": {s.name: len(s.shards) for s in spec.sources},
+            "caption_sampling": spec.caption_sampling,
             "consumed": self.consumed,
             "data_seen": dict(self.seen),
             "workers": [_plain(s) for s in self.states],
@@ -492,9 +556,10 @@ class MixedStream:
             "num_workers": spec.num_workers,
             "seed": spec.seed,
             "sources": {s.name: len(s.shards) for s in spec.sources},
+            "caption_sampling": spec.caption_sampling,
         }
         for key, value in expected.items():
-            if state.get(key) != value:
+            if state.get(key, "random" if key == "caption_sampling" else None) != value:
                 hint = " (data.num_workers; 0 counts as 1)" if key == "num_workers" else ""
                 raise ValueError(
                     f"data state: saved with {key}={state.get(key)!r}, this stream has {value!r}{hint}; "

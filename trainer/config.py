@@ -45,6 +45,28 @@ class SourceConfig:
 
 
 @dataclass
+class MixupConfig:
+    prob: float = 0.0
+    """Probability that a clip of a weak training batch is mixed (0: off). A mixed clip i becomes
+    λ·clip_i + (1-λ)·clip_j with j its mirror in the batch (LAION-CLAP's do_mixup pairs i with B-1-i), its caption
+    "caption_i and caption_j"; strong batches and evaluation are never mixed."""
+    alpha: float = 0.5
+    """λ ~ Beta(alpha, alpha), drawn per mixed clip (LAION-CLAP's get_mix_lambda uses 0.5)."""
+
+
+@dataclass
+class SpecAugmentConfig:
+    time_masks: int = 0
+    """Time masks per clip on the model's (log-)mel front end, in training only (0: none)."""
+    time_width: float = 0.0
+    """Largest width of a time mask in seconds; each width is uniform in [0, time_width)."""
+    freq_masks: int = 0
+    """Frequency masks per clip (0: none)."""
+    freq_width: int = 0
+    """Largest width of a frequency mask in mel bins; each width is uniform in {0, ..., freq_width - 1}."""
+
+
+@dataclass
 class DataConfig:
     sample_rate: int = 32000
     """Sample rate the model sees; shards at another rate are resampled on the fly."""
@@ -66,6 +88,17 @@ class DataConfig:
     """Samples held in the per-worker shuffle buffer (training only)."""
     min_region_overlap: float = 0.5
     """A strong region cut by the crop window is kept only if at least this fraction of it stays inside."""
+    caption_transform: Literal["none", "lower_strip_punct", "lower_strip_punct_trim"] = "none"
+    """Text normalisation before tokenising, the same in training, evaluation and region-caption de-duplication
+    (saved with the model): lower_strip_punct = lower case, ASCII punctuation removed (the DCASE 2025 baseline);
+    lower_strip_punct_trim = that, then outer whitespace stripped (TACOS)."""
+    caption_sampling: Literal["random", "all"] = "random"
+    """random: sources are read as resampled shards, one random caption per weak clip; all: sources are read in
+    passes, each pass yields every (clip, caption) pair of a weak source (every clip of a strong one) exactly once."""
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    """Mixup of weak training clips (waveforms mixed in the data workers, captions joined)."""
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    """SpecAugment time/frequency masking in the audio tower's mel front end, training only."""
     allow_pipe: bool = False
     """Accept `pipe:` shard urls (they run shell commands); off unless you trust the config."""
     retries: int = 5
@@ -94,6 +127,9 @@ class AudioModelConfig:
     """Target output frame rate in Hz for the conv encoder (others derive it from their own hop/patching)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra keys set on the transformers config of the backend (checked: must be existing attributes)."""
+    freeze: bool | int = False
+    """Lock the tower (open_clip's lock_image): true freezes all of it, N >= 1 all but its last N layers (the front
+    end/embeddings count as the first layer; final norms and poolers stay trainable); its projection head trains."""
 
 
 @dataclass
@@ -116,6 +152,9 @@ class TextModelConfig:
     """Caption vector: null = the backend's own (mean for tiny, pooler for clap, sentence-transformers' setting, else cls)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Extra keys set on the transformers config (checked: must be existing attributes)."""
+    freeze: bool | int = False
+    """Lock the tower (open_clip's lock_text): true freezes all of it, N >= 1 all but its last N layers (the
+    embeddings count as the first layer; a pooler stays trainable); its projection head trains."""
 
 
 @dataclass
@@ -142,6 +181,12 @@ class LossConfig:
     """Initial clip-loss logit scale as the multiplier 1/τ (stored as its log; clamped at max_logit_scale)."""
     max_logit_scale: float = 100.0
     """Upper clamp of the learnable logit scale multiplier (CLIP uses 100)."""
+    learn_logit_scale: bool = True
+    """false: τ of the clip loss is fixed at 1/init_logit_scale (DCASE/TACOS tau_trainable false; also reset to it
+    when starting from train.init_from). strong_tau is always fixed, as in TACOS."""
+    duplicate_audio: Literal["negative", "mask", "positive"] = "mask"
+    """The same clip twice in a weak batch (two captions of it): mask = not negatives of each other; negative =
+    ordinary negatives (TACOS); positive = extra positives, every same-audio pair in both directions (DCASE 2025)."""
 
 
 @dataclass
@@ -191,6 +236,8 @@ class TrainConfig:
     deepspeed: str | None = None
     """null: DDP through Accelerate; or a DeepSpeed JSON with `auto` values: a path or a shipped name
     (configs/deepspeed/zeroN.json, or zeroN)."""
+    compile: bool = False
+    """torch.compile both towers in place (nn.Module.compile: saved weights keep their names)."""
 
 
 @dataclass
@@ -313,6 +360,10 @@ def validate(cfg: Config) -> None:
         "train.keep_last": cfg.train.keep_last,
         "data.retries": cfg.data.retries,
         "data.retry_backoff_s": cfg.data.retry_backoff_s,
+        "data.spec_augment.time_masks": cfg.data.spec_augment.time_masks,
+        "data.spec_augment.time_width": cfg.data.spec_augment.time_width,
+        "data.spec_augment.freq_masks": cfg.data.spec_augment.freq_masks,
+        "data.spec_augment.freq_width": cfg.data.spec_augment.freq_width,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -323,6 +374,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.min_region_overlap: must be in [0, 1], got {cfg.data.min_region_overlap!r}")
     if cfg.data.strong_prob is not None and not 0.0 <= cfg.data.strong_prob <= 1.0:
         raise ConfigError(f"data.strong_prob: must be in [0, 1], got {cfg.data.strong_prob!r}")
+    if not 0.0 <= cfg.data.mixup.prob <= 1.0:
+        raise ConfigError(f"data.mixup.prob: must be in [0, 1], got {cfg.data.mixup.prob!r}")
+    if cfg.data.mixup.alpha <= 0:
+        raise ConfigError(f"data.mixup.alpha: must be > 0, got {cfg.data.mixup.alpha!r}")
+    for tower in ("audio", "text"):
+        freeze = getattr(cfg.model, tower).freeze
+        if not isinstance(freeze, bool) and freeze < 1:
+            raise ConfigError(
+                f"model.{tower}.freeze: expected true, false or a number of trainable last layers >= 1, got {freeze!r}"
+            )
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ConfigError(f"optim.min_lr_ratio: must be in [0, 1], got {cfg.optim.min_lr_ratio!r}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):

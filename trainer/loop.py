@@ -31,6 +31,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         from shards.mixing import MixedStream
         from trainer.model import build_model
+        from trainer.model.tuning import prepare_for_training
 
         self.cfg = cfg
         self.accelerator = acc = build_accelerator(cfg)
@@ -55,6 +56,9 @@ class Trainer:
             texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)
         model.set_gradient_checkpointing(cfg.train.grad_checkpointing)
+        counts = prepare_for_training(model, cfg, fresh=self.resume_from is None)
+        if counts["frozen"]:
+            acc.print(f"parameters: {counts['trainable']:,} trainable, {counts['frozen']:,} frozen")
         self.tokenize = model.tokenize
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)

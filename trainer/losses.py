@@ -108,15 +108,35 @@ def string_ids(strings: Sequence[str]) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+DUPLICATE_AUDIO = ("negative", "mask", "positive")
+"""What rows i != j with equal `clip_ids` (the same audio with two captions) are to each other in the clip loss."""
+
+
 def clip_contrastive_loss(
-    audio: Tensor, text: Tensor, logit_scale: Tensor | float, clip_ids: Tensor | None = None
+    audio: Tensor,
+    text: Tensor,
+    logit_scale: Tensor | float,
+    clip_ids: Tensor | None = None,
+    duplicate_audio: str = "mask",
 ) -> Tensor:
     """Symmetric InfoNCE between paired rows of `audio` [N, D] and `text` [N, D] over the global batch.
 
-    `logit_scale` is the multiplier 1/τ. Rows i and j with equal `clip_ids` (the same audio with two captions)
-    are not negatives of each other: their off-diagonal logits are masked to -inf.
-    ``L = -½ (mean diag log_softmax(C, 0) + mean diag log_softmax(C, 1))`` with ``C = a tᵀ · logit_scale``.
+    `logit_scale` is the multiplier 1/τ; ``C = a tᵀ · logit_scale``. Rows i != j with equal `clip_ids` (the same
+    audio with two captions) are, by `duplicate_audio`:
+
+    - ``"mask"``: not negatives of each other: their logits are masked to -inf and
+      ``L = -½ (mean diag log_softmax(C, 0) + mean diag log_softmax(C, 1))``;
+    - ``"negative"``: ordinary negatives (the same L without masking; TACOS' weak loss);
+    - ``"positive"``: positives (the DCASE 2025 baseline): with ``I[i, j] = clip_ids[i] == clip_ids[j]`` (diagonal
+      included), ``L = -½ (mean_{I} log_softmax(C, 0) + mean_{I} log_softmax(C, 1))``, means over every same-audio
+      pair.
+
+    Without `clip_ids` every row is its own audio and the three agree.
     """
+    if duplicate_audio not in DUPLICATE_AUDIO:
+        raise ValueError(
+            f"clip_contrastive_loss: duplicate_audio must be one of {DUPLICATE_AUDIO}, got {duplicate_audio!r}"
+        )
     if audio.ndim != 2 or text.ndim != 2 or audio.shape != text.shape:
         raise ValueError(
             f"clip_contrastive_loss: audio and text must both be [N, D] with equal shapes, got "
@@ -131,11 +151,15 @@ def clip_contrastive_loss(
     n = a.shape[0]
     if n == 0:
         return (audio.sum() + text.sum()) * 0.0
+    if duplicate_audio == "negative":
+        clip_ids = None
     with _full_precision(a.device):
-        return _clip_loss(a, t, logit_scale, clip_ids)
+        return _clip_loss(a, t, logit_scale, clip_ids, duplicate_audio == "positive")
 
 
-def _clip_loss(a: Tensor, t: Tensor, logit_scale: Tensor | float, clip_ids: Tensor | None) -> Tensor:
+def _clip_loss(
+    a: Tensor, t: Tensor, logit_scale: Tensor | float, clip_ids: Tensor | None, positive: bool
+) -> Tensor:
     n = a.shape[0]
     if isinstance(logit_scale, Tensor):
         logit_scale = _at_least_float32(logit_scale)
@@ -143,6 +167,10 @@ def _clip_loss(a: Tensor, t: Tensor, logit_scale: Tensor | float, clip_ids: Tens
     if clip_ids is not None:
         ids = gather_features(clip_ids.to(a.device))
         same = ids[:, None] == ids[None, :]
+        if positive:
+            return -0.5 * (
+                F.log_softmax(logits, dim=0)[same].mean() + F.log_softmax(logits, dim=1)[same].mean()
+            )
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     diag = torch.arange(n, device=logits.device)

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from trainer.captions import normalize_captions
 from trainer.config import Config
 from trainer.losses import (
     clip_contrastive_loss,
     region_contrastive_loss,
+    string_ids,
     temporal_order_loss,
     temporal_order_texts,
 )
@@ -67,6 +69,10 @@ def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLos
     parts: dict[str, float] = {}
     text = out.text[:n_main]
     if strong:
+        text_ids = batch.get("region_text_ids")
+        if cfg.data.caption_transform != "none":  # captions equal once normalised are one caption
+            normalized = normalize_captions(batch["region_text"], cfg.data.caption_transform)
+            text_ids = string_ids(normalized).to(out.text.device)
         loss = cfg.loss.strong_weight * region_contrastive_loss(
             out.audio_frames,
             out.frame_mask,
@@ -76,14 +82,18 @@ def compute_loss(model, tokenize, batch: dict[str, Any], cfg: Config) -> StepLos
             batch["onsets"],
             batch["offsets"],
             cfg.loss.strong_tau,
-            text_ids=batch.get("region_text_ids"),
+            text_ids=text_ids,
             clip_ids=batch.get("clip_ids"),
         )
         parts["loss_strong"] = loss.item() / max(cfg.loss.strong_weight, 1e-12)
         unused = out.audio_clip.sum() + out.logit_scale
     else:
         loss = cfg.loss.weak_weight * clip_contrastive_loss(
-            out.audio_clip, text, out.logit_scale, clip_ids=batch.get("clip_ids")
+            out.audio_clip,
+            text,
+            out.logit_scale,
+            clip_ids=batch.get("clip_ids"),
+            duplicate_audio=cfg.loss.duplicate_audio,
         )
         parts["loss_weak"] = loss.item() / max(cfg.loss.weak_weight, 1e-12)
         unused = out.audio_frames.sum()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from shards.clips import Clip, join_captions, mix_clips
 from shards.mixing import MixedStream, batch_kind, choose_sources
 from shards.shardlist import ShardError
-from trainer.config import DataConfig, SourceConfig
+from trainer.config import DataConfig, MixupConfig, SourceConfig
 
 SR = 8000
 
@@ -165,10 +166,24 @@ def test_workers_and_ranks_read_disjoint_samples(toy_data):
 
 
 @pytest.mark.parametrize(
-    ("workers", "split", "prob"), [(0, 40, None), (2, 40, None), (2, 41, None), (2, 40, 0.5)]
+    ("workers", "split", "prob", "sampling", "mixup"),
+    [
+        (0, 40, None, "random", 0.0),
+        (2, 40, None, "random", 0.0),
+        (2, 41, None, "random", 0.0),
+        (2, 40, 0.5, "random", 0.0),
+        (0, 40, None, "all", 0.0),  # pass boundaries of every source lie before the split
+        (2, 41, 0.5, "all", 0.5),
+    ],
 )
-def test_resume_continues_with_identical_batches(toy_data, workers, split, prob):
-    cfg = data_cfg(toy_data, num_workers=workers, strong_prob=prob)
+def test_resume_continues_with_identical_batches(toy_data, workers, split, prob, sampling, mixup):
+    cfg = data_cfg(
+        toy_data,
+        num_workers=workers,
+        strong_prob=prob,
+        caption_sampling=sampling,
+        mixup=MixupConfig(prob=mixup),
+    )
     uninterrupted = MixedStream(cfg, seed=7)
     reference = take(uninterrupted, split + 8)
     first = MixedStream(cfg, seed=7)
@@ -207,6 +222,7 @@ def test_reiterating_a_stream_continues_where_the_caller_stopped(toy_data):
     [
         (dict(num_workers=1), r"num_workers=2, this stream has 1"),
         (dict(weak=[SourceConfig("wa", "WA", 1.0)]), r"sources="),
+        (dict(caption_sampling="all"), r"caption_sampling='random', this stream has 'all'"),
     ],
 )
 def test_state_from_another_setup_is_refused(toy_data, change, match):
@@ -223,8 +239,136 @@ def test_state_from_another_setup_is_refused(toy_data, change, match):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Errors and bad data
+# caption_sampling: all — (clip, caption) pairs, every pair once per pass
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def five_captions(tmp_path_factory, kit):
+    """A Clotho-like source: 14 clips in 4 shards, 5 captions each (clip 3: 2 captions, clip 7: one)."""
+    root = tmp_path_factory.mktemp("five")
+    samples = kit.make_samples("cl", 14, SR, seed=4)
+    for i, (meta, _) in enumerate(samples):
+        meta["captions"] = [f"cl clip {i} caption {c}" for c in range({3: 2, 7: 1}.get(i, 5))]
+    kit.write_tars(root / "cl", samples, 4, SR, prefix="cl-train")
+    pairs = Counter((m["key"], c) for m, _ in samples for c in m["captions"])
+    return root, pairs
+
+
+def all_pairs_cfg(root, **kw) -> DataConfig:
+    weak = [SourceConfig("cl", str(root / "cl"), 1.0)]
+    kw = {"weak": weak, "strong": [], "strong_every": 0, "batch_size": 3, "shuffle_buffer": 5, **kw}
+    return data_cfg(root, caption_sampling="all", **kw)
+
+
+def pairs_of(batches) -> list[tuple[str, str]]:
+    return [(k, c) for b in batches for k, c in zip(b["keys"], b["captions"])]
+
+
+def test_all_yields_every_pair_once_per_pass(five_captions):
+    root, pairs = five_captions
+    assert len(pairs) == sum(pairs.values()) == 63
+    drawn = pairs_of(take(MixedStream(all_pairs_cfg(root), seed=3), 63))  # batches of 3: three passes
+    passes = [Counter(drawn[i : i + 63]) for i in range(0, 189, 63)]
+    assert all(p == pairs for p in passes)
+    assert drawn[:63] != drawn[63:126]  # a new order each pass
+
+
+def test_all_over_two_ranks_and_workers_covers_every_pair_once(five_captions):
+    # 2 ranks x 2 workers: each owns one of the 4 shards (17, 16, 20 and 10 pairs) and goes through it in passes.
+    root, pairs = five_captions
+    cfg = all_pairs_cfg(root, num_workers=2, batch_size=1)
+    shares = []
+    for rank in range(2):
+        batches = take(MixedStream(cfg, rank=rank, world_size=2, seed=5), 200)
+        for worker in range(2):
+            drawn = pairs_of(batches[worker::2])
+            share = Counter(set(drawn))  # each pair of the worker's shard once
+            n = len(share)
+            assert all(Counter(drawn[i : i + n]) == share for i in range(0, len(drawn) - n + 1, n))
+            shares.append(share)
+    assert sum(shares, Counter()) == pairs
+
+
+def test_random_draws_one_caption_per_clip_read(five_captions):
+    root, pairs = five_captions
+    drawn = pairs_of(take(MixedStream(replace(all_pairs_cfg(root), caption_sampling="random"), seed=3), 20))
+    assert set(drawn) <= set(pairs) and len({k for k, _ in drawn}) < len(drawn)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixup
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def laion_do_mixup(x: torch.Tensor, mixup_lambda: torch.Tensor) -> torch.Tensor:
+    """LAION-AI/CLAP src/laion_clap/clap_module/utils.py do_mixup, line by line."""
+    out = (
+        x.transpose(0, -1) * mixup_lambda + torch.flip(x, dims=[0]).transpose(0, -1) * (1 - mixup_lambda)
+    ).transpose(0, -1)
+    return out
+
+
+def test_mix_clips_equals_laion_do_mixup_and_joins_captions():
+    rng = np.random.default_rng(0)
+    lengths = [800, 600, 800, 700, 800]
+    clips = [
+        Clip(f"k{i}", "src", rng.integers(-20000, 20000, n).astype(np.int16), 0.0, [], f"Caption {i}.")
+        for i, n in enumerate(lengths)
+    ]
+    lambdas = [0.7, None, 0.25, 0.9, 0.5]
+    mixed = mix_clips(clips, lambdas)
+    padded = torch.zeros(5, 800, dtype=torch.float64)
+    for i, c in enumerate(clips):
+        padded[i, : len(c.audio)] = torch.from_numpy(c.audio.astype(np.float64))
+    lam = torch.tensor([1.0 if x is None else x for x in lambdas], dtype=torch.float64)
+    reference = laion_do_mixup(padded, lam).round()
+    for i, (clip, lam_i) in enumerate(zip(mixed, lambdas)):
+        partner = 4 - i
+        if lam_i is None or partner == i:
+            assert clip is clips[i]
+            continue
+        n = max(lengths[i], lengths[partner])
+        assert clip.audio.dtype == np.int16 and len(clip.audio) == n
+        np.testing.assert_array_equal(clip.audio, reference[i, :n].numpy())
+        assert clip.caption == f"Caption {i} and caption {partner}." and clip.captions == [clip.caption]
+        assert clip.key == f"k{i}+k{partner}" and clip.source == "src"
+    # the middle clip of an odd batch is its own mirror: mixing it with itself leaves it as it was (LAION too)
+    assert mixed[2] is clips[2]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "joined"),
+    [
+        ("A dog barks.", "Rain falls on a roof.", "A dog barks and rain falls on a roof."),
+        ("birds chirp", "TV plays loudly!", "birds chirp and TV plays loudly"),
+        ("Wind howls!? ", " a car passes", "Wind howls and a car passes!"),
+    ],
+)
+def test_join_captions(first, second, joined):
+    assert join_captions(first, second) == joined
+
+
+WORDS = ("first", "second")  # the toy captions: "{source} clip {i} first|second"
+
+
+def test_stream_mixup_mixes_weak_clips_only_and_off_changes_nothing(toy_data):
+    base = take(MixedStream(data_cfg(toy_data), seed=2), 6)
+    off = take(MixedStream(data_cfg(toy_data, mixup=MixupConfig(prob=0.0, alpha=3.0)), seed=2), 6)
+    for a, b in zip(base, off, strict=True):
+        assert_same_batch(a, b)
+    mixed = take(MixedStream(data_cfg(toy_data, mixup=MixupConfig(prob=1.0)), seed=2), 6)
+    for b in mixed:
+        if b["kind"] == "strong":
+            assert not any("+" in k for k in b["keys"])
+            continue
+        for i, key in enumerate(b["keys"]):
+            first, second = key.split("+")
+            assert b["keys"][3 - i] == f"{second}+{first}"  # batch of 4: clip i mixed with clip 3 - i
+            (a, i_a), (c, i_c) = (k.split("-") for k in (first, second))
+            options = {f"{a} clip {int(i_a)} {x} and {c} clip {int(i_c)} {y}" for x in WORDS for y in WORDS}
+            assert b["captions"][i] in options
+        assert b["clip_ids"].unique().numel() == 4
 
 
 @pytest.mark.parametrize("weight", [0.0, -1.0, float("nan")])

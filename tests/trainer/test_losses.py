@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,102 @@ def test_clip_loss_gradients_finite_and_errors():
         clip_contrastive_loss(a, t[:4], 1.0)
     with pytest.raises(ValueError, match="clip_ids must have shape"):
         clip_contrastive_loss(a, t, 1.0, torch.zeros(3, dtype=torch.long))
+
+
+def dcase_loss(audio_embeddings, text_embeddings, tau, batch):
+    """CPJKU/dcase2025_task6_baseline d25_t6/retrieval_module.py AudioRetrievalModel.training_step, line by line from
+    the similarities on (the model's forward is replaced by the given embeddings)."""
+    # compute pairwise similarities
+    C = torch.matmul(audio_embeddings, text_embeddings.T)
+    # scale cosine similarities with temperature < 1
+    C = C / torch.abs(tau)
+    # compute P(a|t) and P(t|a)
+    C_audio = torch.log_softmax(C, dim=0)
+    C_text = torch.log_softmax(C, dim=1)
+    # prediction target
+    paths = np.array(
+        [hash(batch["dataset"][i] + batch["subset"][i] + p) for i, p in enumerate(batch["fname"])]
+    )
+    I = torch.tensor(paths[None, :] == paths[:, None])  # noqa: E741 (their name)
+    loss = -0.5 * (C_audio[torch.where(I)].mean() + C_text[torch.where(I)].mean())
+    return loss
+
+
+def tacos_weak_loss(a, t, tau, batch):
+    """OptimusPrimus/tacos tacos/retrieval_module.py training_step, the weak (clip) part, line by line from the
+    similarities on; with Clotho(flat_captions=True) every row holds one caption."""
+    C = torch.matmul(a, t.T)
+    C = C / torch.abs(tau)
+    sample_ids = np.array([i for i, cs in enumerate(batch["captions"]) for c in cs])
+    batch_mask = sample_ids[:, None] == sample_ids[None, :]
+    np.fill_diagonal(batch_mask, False)
+    C[batch_mask] = -torch.inf
+    C_audio = torch.log_softmax(C, dim=0)
+    C_text = torch.log_softmax(C, dim=1)
+    I = torch.eye(C_audio.shape[0])  # noqa: E741 (their name)
+    loss = -0.5 * (C_audio[torch.where(I)].mean() + C_text[torch.where(I)].mean())
+    return loss
+
+
+def clotho_pairs_batch(seed: int = 0):
+    """A DCASE-style batch of (clip, caption) pairs: 16 rows from 5 clips with 5 captions each, one clip thrice, one
+    twice, three once... in random order; audio rows of one clip differ a little (dropout, crops), as in training."""
+    g = torch.Generator().manual_seed(seed)
+    rows = (
+        ["a.wav"] * 5 + ["b.wav"] * 3 + ["c.wav"] * 2 + ["d.wav", "e.wav", "f.wav", "g.wav", "h.wav", "i.wav"]
+    )
+    order = torch.randperm(len(rows), generator=g).tolist()
+    fnames = [rows[i] for i in order]
+    clips = {f: torch.randn(8, generator=g, dtype=torch.float64) for f in sorted(set(fnames))}
+    audio = F.normalize(torch.stack([clips[f] + 0.3 * torch.randn(8, generator=g) for f in fnames]), dim=-1)
+    text = F.normalize(torch.stack([clips[f] + torch.randn(8, generator=g) for f in fnames]), dim=-1)
+    batch = {"fname": fnames, "dataset": ["clotho"] * len(rows), "subset": ["dev"] * len(rows)}
+    batch["captions"] = [[f"caption {i}"] for i in range(len(rows))]
+    return audio, text, batch
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_duplicate_audio_positive_equals_the_dcase_baseline(seed):
+    audio, text, batch = clotho_pairs_batch(seed)
+    tau = torch.zeros((1,), dtype=torch.float64) + 0.05  # their initial_tau, tau_trainable false
+    ids = string_ids([f"clotho-{f}" for f in batch["fname"]])
+    a1, t1, a2, t2 = (x.clone().requires_grad_() for x in (audio, text, audio, text))
+    ours = clip_contrastive_loss(a1, t1, 1 / 0.05, ids, duplicate_audio="positive")
+    theirs = dcase_loss(a2, t2, tau, batch)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
+    (ours + theirs).backward()
+    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(t1.grad, t2.grad, atol=1e-12, rtol=0)
+    # it differs from both other treatments of the repeated audio
+    for other in ("mask", "negative"):
+        assert abs(clip_contrastive_loss(audio, text, 20.0, ids, duplicate_audio=other) - ours) > 1e-3
+
+
+def test_duplicate_audio_negative_equals_tacos_and_mask_ignores_nothing_without_ids():
+    audio, text, batch = clotho_pairs_batch(2)
+    ids = string_ids(batch["fname"])
+    tau = torch.zeros((1,), dtype=torch.float64) + 0.05
+    ours = clip_contrastive_loss(audio, text, 20.0, ids, duplicate_audio="negative")
+    torch.testing.assert_close(ours, tacos_weak_loss(audio, text, tau, batch), atol=1e-12, rtol=0)
+    for mode in ("negative", "mask", "positive"):  # without ids every row is its own audio
+        torch.testing.assert_close(clip_contrastive_loss(audio, text, 20.0, duplicate_audio=mode), ours)
+    with pytest.raises(ValueError, match="duplicate_audio must be one of"):
+        clip_contrastive_loss(audio, text, 20.0, ids, duplicate_audio="merge")
+
+
+def test_duplicate_audio_positive_hand_computed():
+    # Rows 0 and 1: one audio with two captions. I = {(0,0), (0,1), (1,0), (1,1), (2,2)}.
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    c = (a @ t.T).tolist()
+    col = [lse(c[0][j], c[1][j], c[2][j]) for j in range(3)]  # log_softmax over audios (dim 0)
+    row = [lse(*c[i]) for i in range(3)]  # over texts (dim 1)
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]
+    audio_dir = sum(c[i][j] - col[j] for i, j in pairs) / 5
+    text_dir = sum(c[i][j] - row[i] for i, j in pairs) / 5
+    expected = -0.5 * (audio_dir + text_dir)
+    got = clip_contrastive_loss(a, t, 1.0, torch.tensor([7, 7, 9]), duplicate_audio="positive")
+    assert got.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_string_ids_stable_and_distinct():

@@ -1,4 +1,5 @@
-"""Two real gloo processes: gathered losses and their gradients equal one process on the concatenated batch."""
+"""Two real gloo processes: gathered losses and their gradients equal one process on the concatenated batch
+(the clip loss with each treatment of repeated audio: mask, positive as DCASE, negative as TACOS)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def compute(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     leaves = {k: d[k].clone().requires_grad_() for k in ("audio", "text", "frames", "region_text")}
     log_scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
     weak = clip_contrastive_loss(leaves["audio"], leaves["text"], log_scale.exp(), d["clip_ids"])
+    # DCASE's duplicates-as-positives and TACOS' duplicates-as-negatives, over the same gathered batch
+    positive, negative = (
+        clip_contrastive_loss(
+            leaves["audio"], leaves["text"], log_scale.exp(), d["clip_ids"], duplicate_audio=mode
+        )
+        for mode in ("positive", "negative")
+    )
     strong = region_contrastive_loss(
         leaves["frames"],
         d["frame_mask"],
@@ -58,8 +66,9 @@ def compute(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         TAU,
         d["text_ids"],
     )
-    (weak + strong).backward()
+    (weak + strong + positive + 0.5 * negative).backward()
     out = {"weak": weak.detach(), "strong": strong.detach(), "log_scale_grad": log_scale.grad}
+    out.update(positive=positive.detach(), negative=negative.detach())
     out.update({f"{k}_grad": v.grad for k, v in leaves.items()})
     return out
 
@@ -91,7 +100,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     for r in ranks:
-        for key in ("weak", "strong", "log_scale_grad"):
+        for key in ("weak", "strong", "positive", "negative", "log_scale_grad"):
             torch.testing.assert_close(r[key], single[key], atol=1e-6, rtol=0)
     # Each rank's gradient for its own embeddings is the single-process gradient of those rows.
     for key in ("audio_grad", "text_grad", "frames_grad", "region_text_grad"):

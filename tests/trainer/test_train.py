@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, train_overrides
 
@@ -143,6 +144,78 @@ def test_deepspeed_zero_two_processes_and_resume(tiny_shards, tmp_path, stage):
     from trainer.model import AudioTextModel
 
     AudioTextModel.from_pretrained(ckpt / "model")  # consolidated weights load for evaluation
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_locked_towers_under_deepspeed_zero_two_processes(tiny_shards, tmp_path, stage):
+    from safetensors.torch import load_file
+
+    lock = {
+        "model.audio.freeze": 1,
+        "model.text.freeze": "true",
+        "loss.learn_logit_scale": "false",
+        "train.max_steps": 2,
+        "train.save_every": 1,
+        "train.keep_last": 0,
+    }
+    zero, ddp = tmp_path / "zero", tmp_path / "ddp"
+    ds = {"train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
+    check(run_trainer(train_overrides(tiny_shards, zero, **lock, **ds), 2, "torchrun"))
+    check(run_trainer(train_overrides(tiny_shards, ddp, **lock), 2, "torchrun"))
+    assert_same_losses(losses(zero), losses(ddp), tol=1e-4)
+    assert [m["logit_scale"] for m in metrics(zero)] == pytest.approx([1 / 0.07] * 2)
+    first, second = (
+        load_file(zero / "checkpoints" / f"step_{s}" / "model" / "model.safetensors") for s in (1, 2)
+    )
+    trains = ("audio_encoder.backend.blocks.1.", "audio_encoder.backend.norm.", "audio_proj.", "text_proj.")
+    assert any(name.startswith(trains) for name in first)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]) != name.startswith(trains), name
+
+
+def test_every_parity_knob_on_resumes_exactly(tiny_shards, tmp_path):
+    knobs = {
+        "loss.duplicate_audio": "positive",
+        "loss.learn_logit_scale": "false",
+        "data.caption_transform": "lower_strip_punct_trim",
+        "data.caption_sampling": "all",
+        "data.mixup.prob": 0.5,
+        "data.spec_augment": "{time_masks: 2, time_width: 0.2, freq_masks: 2, freq_width: 8}",
+        "model.audio.freeze": 2,
+        "model.text.freeze": 1,
+    }
+    straight, resumed = straight_vs_resumed(tiny_shards, tmp_path, 6, **knobs)
+    assert_same_losses(losses(straight), losses(resumed))
+    assert [m["logit_scale"] for m in metrics(resumed)] == pytest.approx([1 / 0.07] * 6)
+    config = json.loads((resumed / "checkpoints" / "latest" / "model" / "config.json").read_text())
+    assert config["caption_transform"] == "lower_strip_punct_trim"
+
+
+def test_compile_gives_the_same_losses_and_plain_checkpoints(tiny_shards, tmp_path):
+    from safetensors.torch import load_file
+
+    # Dropout off: compiled code draws its own random numbers.
+    plain = {
+        "model.text.overrides": "{hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+        "train.save_every": 2,
+    }
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    check(run_trainer(train_overrides(tiny_shards, eager, **plain, **{"train.max_steps": 3})))
+    on = {**plain, "train.compile": "true"}
+    check(run_trainer(train_overrides(tiny_shards, compiled, **on, **{"train.max_steps": 2})))
+    proc = run_trainer(train_overrides(tiny_shards, compiled, **on, **{"train.max_steps": 3}))
+    check(proc)
+    assert "at step 2" in proc.stdout + proc.stderr
+    assert_same_losses(losses(eager), losses(compiled), tol=1e-4)
+    for run in (eager, compiled):
+        for weights in ("model/model.safetensors", "accelerate/model.safetensors"):
+            saved = load_file(run / "checkpoints" / "step_2" / weights)
+            assert saved and not any("_orig_mod" in name for name in saved), weights
+    names = [
+        set(load_file(r / "checkpoints" / "latest" / "model" / "model.safetensors"))
+        for r in (eager, compiled)
+    ]
+    assert names[0] == names[1]
 
 
 def test_accelerate_launch_on_cpu_forms_one_gloo_group(tiny_shards, tmp_path):

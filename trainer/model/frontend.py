@@ -1,4 +1,5 @@
-"""Batched audio front ends in torch: sinc resampling, (log-)mel spectrograms, Kaldi filterbanks, windowing.
+"""Batched audio front ends in torch: sinc resampling, (log-)mel spectrograms, Kaldi filterbanks, windowing,
+SpecAugment masking.
 
 They run on the model's device inside the forward pass, in float32 with autocast off. The settings of each
 front end are a :class:`FeatureSpec` (plain JSON), filled from a transformers feature extractor's config when
@@ -127,6 +128,8 @@ class LogMel(nn.Module):
         # Derived from the spec, so not saved in state dicts.
         self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(np.asarray(fb, dtype=np.float32)), persistent=False)
+        self.augment: SpecAugment | None = None
+        """Masking applied to the features in training mode only (data.spec_augment); None: off."""
 
     @property
     def hop_seconds(self) -> float:
@@ -142,7 +145,10 @@ class LogMel(nn.Module):
         # Features in float32 even inside a mixed-precision forward (and with buffers cast to bf16 by DeepSpeed);
         # the consumer casts them to its own weights' dtype.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._log_mel(x.float())
+            features = self._log_mel(x.float())
+            if self.augment is not None and self.training:
+                features = self.augment(features, 1.0 / self.hop_seconds)
+            return features
 
     def _log_mel(self, x: Tensor) -> Tensor:
         s = self.spec
@@ -185,6 +191,50 @@ class LogMel(nn.Module):
             )
         frames = frames * self.window.float()
         return torch.fft.rfft(frames, n=s.n_fft).abs().pow(2)
+
+
+def stripe_mask(size: int, starts: Tensor, widths: Tensor) -> Tensor:
+    """[B, size] bool: position p is covered by a stripe [starts[b, k], starts[b, k] + widths[b, k]) of row b."""
+    pos = torch.arange(size, device=starts.device)[None, None, :]
+    return ((pos >= starts[..., None]) & (pos < (starts + widths)[..., None])).any(dim=1)
+
+
+def draw_stripes(
+    batch: int, count: int, max_width: int, size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(starts, widths) [batch, count] of random stripes: width uniform in {0..max_width-1} (at most `size`), start
+    uniform over the positions where it fits (torch's global RNG, so a resumed run draws the same)."""
+    widths = (torch.rand(batch, count, device=device) * max_width).long().clamp(max=size)
+    starts = (torch.rand(batch, count, device=device) * (size - widths + 1)).long().clamp(max=size - widths)
+    return starts, widths
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment (Park et al. 2019) on [B, T, M] features: per clip, independent time and frequency stripes are set
+    to the clip's mean feature value (≈ 0 once a backend normalises its features; LAION-CLAP's HTSAT masks with 0 after
+    its BatchNorm).
+
+    Stripes are drawn as torchlibrosa's DropStripes draws them (LAION-CLAP's HTSAT: 2 time stripes < 64 frames of
+    10 ms, 2 frequency stripes < 8 of 64 bins): width uniform below the maximum, then a start where it fits (here any
+    such start; torchlibrosa's never reaches the last position).
+    """
+
+    def __init__(self, time_masks: int, time_width: float, freq_masks: int, freq_width: int):
+        super().__init__()
+        self.time_masks, self.time_width = time_masks, time_width
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+
+    def forward(self, features: Tensor, frame_rate: float) -> Tensor:
+        b, t, m = features.shape
+        masked = torch.zeros(b, t, m, dtype=torch.bool, device=features.device)
+        time_width = round(self.time_width * frame_rate)
+        if self.time_masks and time_width > 0:
+            starts, widths = draw_stripes(b, self.time_masks, time_width, t, features.device)
+            masked |= stripe_mask(t, starts, widths)[:, :, None]
+        if self.freq_masks and self.freq_width > 0:
+            starts, widths = draw_stripes(b, self.freq_masks, self.freq_width, m, features.device)
+            masked |= stripe_mask(m, starts, widths)[:, None, :]
+        return torch.where(masked, features.mean(dim=(1, 2), keepdim=True), features)
 
 
 def split_windows(x: Tensor, size: int, hop: int) -> tuple[Tensor, int]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer
 from transformers.utils import ModelOutput as _HFModelOutput
 
+from trainer.captions import normalize_captions
 from trainer.config import LossConfig, ModelConfig
 from trainer.configparse import from_dict
 from trainer.model.audio import AudioEncoder, build_audio_encoder, save_audio_backbone
@@ -75,6 +76,8 @@ class AudioTextModel(nn.Module):
         self.sample_rate = sample_rate
         self.init_logit_scale = init_logit_scale
         self.max_logit_scale = max_logit_scale
+        self.caption_transform = "none"
+        """Normalisation of every text before tokenising (trainer.captions; data.caption_transform of the run)."""
         # DeepSpeed bf16/fp16 casts parameters but keeps buffers in float32; a BatchNorm (HTSAT's) with half-precision
         # weights and float32 running statistics fails. DeepSpeed reads this attribute to keep such modules in
         # float32, where BatchNorm accepts half-precision input.
@@ -93,8 +96,11 @@ class AudioTextModel(nn.Module):
         return self.audio_encoder.frame_rate
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Padded, truncated (to model.text.max_length) input_ids and attention_mask for `texts`."""
-        return self.text_encoder.tokenize(texts)
+        """Padded, truncated (to model.text.max_length) input_ids and attention_mask for `texts`, normalised first by
+        `caption_transform`."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a list of captions, got a single string")
+        return self.text_encoder.tokenize(normalize_captions(texts, self.caption_transform))
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.audio_encoder.set_gradient_checkpointing(enabled)
@@ -159,6 +165,7 @@ class AudioTextModel(nn.Module):
             "init_logit_scale": self.init_logit_scale,
             "max_logit_scale": self.max_logit_scale,
             "text_pooling": self.text_encoder.pooling,
+            "caption_transform": self.caption_transform,
         }
         if self.model_config.audio.pretrained is not None:
             save_audio_backbone(self.audio_encoder, directory / "audio_backbone")
@@ -197,6 +204,7 @@ class AudioTextModel(nn.Module):
         )
         model = cls(audio, text, cfg, sample_rate, meta["init_logit_scale"], meta["max_logit_scale"])
         model.load_state_dict(load_file(directory / WEIGHTS_NAME), strict=True)
+        model.caption_transform = meta.get("caption_transform", "none")
         return model.to(device)
 
 
