@@ -31,7 +31,15 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.clips import Clip, collate, load_clip
-from shards.records import CorruptSample, Record, Skips, iter_groups, keeps, parse_record
+from shards.records import (
+    CorruptSample,
+    ReadStats,
+    Record,
+    iter_groups,
+    keeps,
+    lost_rest,
+    parse_record,
+)
 from shards.shardlist import Shard, ShardError, expand_urls, train_parts
 from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
 
@@ -63,6 +71,7 @@ class DataSettings(Protocol):
     shuffle_buffer: int
     min_region_overlap: float
     allow_pipe: bool
+    max_text_chars: int
 
 
 def batch_kind(index: int, strong_every: int, strong_prob: float | None, seed: int) -> str:
@@ -109,6 +118,7 @@ class MixSpec:
     strong_prob: float | None
     shuffle_buffer: int
     min_overlap: float
+    max_text_chars: int
     seed: int
     rank: int
     world_size: int
@@ -123,9 +133,10 @@ class MixSpec:
 class SourceStream:
     """Endless records of one source for one (rank, worker): resampled shards of its part, a shuffle buffer."""
 
-    def __init__(self, spec: MixSpec, source: int, worker: int, skips: Skips) -> None:
+    def __init__(self, spec: MixSpec, source: int, worker: int, stats: ReadStats) -> None:
         src = spec.sources[source]
-        self.name, self.shards, self.skips = src.name, src.shards, skips
+        self.name, self.shards, self.stats = src.name, src.shards, stats
+        self.max_text_chars = spec.max_text_chars
         total = spec.world_size * spec.num_workers
         self.global_worker = spec.rank * spec.num_workers + worker
         self.parts = {p[0]: p for p in train_parts(len(src.shards), total, self.global_worker)}
@@ -157,23 +168,32 @@ class SourceStream:
             if self.groups is None:
                 self._open(self.order[int(self.rng.choice(len(self.order), p=self.probs))], 0)
             assert self.groups is not None and self.shard is not None
+            part, shard = self.parts[self.shard], self.shards[self.shard]
             try:
                 key, members = next(self.groups)
             except StopIteration:
+                if shard.num_samples is not None and self.pos < shard.num_samples:
+                    error = CorruptSample(
+                        f"{shard.url}: the shard ends after {self.pos} samples, its manifest says {shard.num_samples}"
+                    )
+                    lost_rest(self.stats, error, part, self.pos, shard.num_samples)
                 self._close()
                 continue
             except CorruptSample as e:
-                self.skips.note(e)
+                lost_rest(self.stats, e, part, self.pos, shard.num_samples)
                 self._close()
                 continue
             index, self.pos = self.pos, self.pos + 1
-            if not keeps(self.parts[self.shard], index):
+            if not keeps(part, index):
                 continue
             try:
-                record = parse_record(key, members, self.shards[self.shard].url, self.shard, index)
+                record = parse_record(
+                    key, members, shard.url, self.shard, index, self.max_text_chars, self.stats
+                )
             except CorruptSample as e:
-                self.skips.note(e)
+                self.stats.skip(e)
                 continue
+            self.stats.got()
             self.kept += 1
             return record
 
@@ -227,7 +247,7 @@ class SourceStream:
             last = max(indices)
             for index, (key, members) in enumerate(iter_groups(url)):
                 if index in indices:
-                    found[s, index] = parse_record(key, members, url, s, index)
+                    found[s, index] = parse_record(key, members, url, s, index, self.max_text_chars)
                 if index >= last:
                     break
         missing = [ref for ref in refs if ref not in found]
@@ -254,8 +274,8 @@ class WorkerStream:
 
     def __init__(self, spec: MixSpec, worker: int, state: dict[str, Any] | None = None) -> None:
         self.spec, self.worker = spec, worker
-        self.skips = Skips()
-        self.sources = [SourceStream(spec, i, worker, self.skips) for i in range(len(spec.sources))]
+        self.stats = ReadStats()
+        self.sources = [SourceStream(spec, i, worker, self.stats) for i in range(len(spec.sources))]
         self.rng = _rng(spec.seed, spec.rank, worker, 0)
         self.buffers = BatchBuffers()
         self.index = worker
@@ -282,7 +302,7 @@ class WorkerStream:
                     record, name, spec.sample_rate, spec.window, spec.min_overlap, rng=self.rng, need=kind
                 )
             except CorruptSample as e:
-                self.skips.note(e)
+                self.stats.reject(e)
                 continue
             if clip is not None:
                 return clip
@@ -293,14 +313,14 @@ class WorkerStream:
         return {
             "index": self.index,
             "rng": self.rng.bit_generator.state,
-            "corrupt_skipped": self.skips.count,
+            "stats": self.stats.as_dict(),
             "sources": [s.state_dict() for s in self.sources],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index = int(state["index"])
         self.rng.bit_generator.state = state["rng"]
-        self.skips.count = int(state["corrupt_skipped"])
+        self.stats.add(state["stats"])  # the sources share this object
         for stream, sd in zip(self.sources, state["sources"], strict=True):
             stream.load_state_dict(sd)
 
@@ -357,6 +377,10 @@ class MixedStream:
                 raise ValueError(
                     f"data.{kind}: {kind} batches are scheduled but no {kind} source is configured"
                 )
+            if not possible and any(s.kind == kind for s in sources):
+                raise ValueError(
+                    f"data.{kind}: sources are configured but no {kind} batch is scheduled (strong_every/strong_prob)"
+                )
         self.spec = MixSpec(
             sources=tuple(sources),
             sample_rate=cfg.sample_rate,
@@ -366,6 +390,7 @@ class MixedStream:
             strong_prob=prob,
             shuffle_buffer=cfg.shuffle_buffer,
             min_overlap=cfg.min_region_overlap,
+            max_text_chars=cfg.max_text_chars,
             seed=seed,
             rank=rank,
             world_size=world_size,
@@ -376,6 +401,7 @@ class MixedStream:
         self.consumed = 0
         self.states: list[dict[str, Any] | None] = [None] * self.spec.num_workers
         self.seen = dict.fromkeys(names, 0)
+        self.base_stats: dict[str, int] = {}
 
     @property
     def data_seen(self) -> dict[str, int]:
@@ -383,9 +409,21 @@ class MixedStream:
         return dict(self.seen)
 
     @property
-    def corrupt_skipped(self) -> int:
-        """Corrupt samples skipped by the workers up to the batches consumed so far."""
-        return sum(s["corrupt_skipped"] for s in self.states if s is not None)
+    def read_stats(self) -> ReadStats:
+        """What the workers read up to the batches consumed so far (expected, read, skipped, truncated), plus the
+        counts carried over from a stream this one replaced (`carry_counts`)."""
+        total = ReadStats.from_dict(self.base_stats)
+        for state in self.states:
+            if state is not None:
+                total.add(state["stats"])
+        return total
+
+    def carry_counts(self, data_seen: dict[str, int], stats: dict[str, int]) -> None:
+        """Continue the counts of an earlier stream that this one replaces (e.g. after a resume with another data
+        setup): samples seen per source name (names no longer configured are kept) and read counts."""
+        for name, n in data_seen.items():
+            self.seen[name] = self.seen.get(name, 0) + int(n)
+        self.base_stats = ReadStats.from_dict(self.base_stats).add(stats).as_dict()
 
     def __iter__(self) -> Iterator[dict]:
         """Batches from where the consumer stands; a new iterator supersedes (and stops) the previous one."""
@@ -433,6 +471,7 @@ class MixedStream:
             "sources": {s.name: len(s.shards) for s in spec.sources},
             "consumed": self.consumed,
             "data_seen": dict(self.seen),
+            "base_stats": dict(self.base_stats),
             "workers": [_plain(s) for s in self.states],
         }
 
@@ -461,7 +500,9 @@ class MixedStream:
             )
         self.consumed = int(state["consumed"])
         self.states = list(state["workers"])
-        self.seen = {name: int(state["data_seen"].get(name, 0)) for name in self.seen}
+        self.seen = {name: 0 for name in self.seen}
+        self.seen.update({name: int(n) for name, n in state["data_seen"].items()})
+        self.base_stats = dict(state.get("base_stats", {}))
 
 
 def _plain(x: Any) -> Any:
