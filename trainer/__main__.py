@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from shards.shardlist import ShardError
     from trainer.checkpoint import CheckpointError
     from trainer.distributed import LaunchError
+    from trainer.evaluate import PartialDataError
     from trainer.loop import train
     from trainer.step import NonFiniteError
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, LaunchError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:
+    except (NonFiniteError, PartialDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trainer import checkpoint as ckpt
-from trainer.config import Config, dump_yaml, to_dict
+from trainer.config import Config, ConfigError, dump_yaml, to_dict
 from trainer.distributed import build_accelerator, destroy
 from trainer.optim import build_optimizer, build_scheduler, rebase_schedule
 from trainer.step import NonFiniteError, move_batch, train_step
@@ -36,10 +36,15 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg)
         self.out_dir = cfg.output_dir
         self.ckpt_root = self.out_dir / "checkpoints"
+        if self.out_dir.exists() and not self.out_dir.is_dir():  # every rank sees it: none waits for another
+            raise ConfigError(f"run.output_dir: {self.out_dir} is a file, not a folder")
         if acc.is_main_process:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "eval").mkdir(exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            try:
+                self.ckpt_root.mkdir(parents=True, exist_ok=True)
+                (self.out_dir / "eval").mkdir(exist_ok=True)
+                (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            except OSError as e:
+                raise ConfigError(f"run.output_dir: {self.out_dir} cannot be written: {e.strerror}") from None
         acc.wait_for_everyone()
 
         from accelerate.utils import set_seed
@@ -55,7 +60,16 @@ class Trainer:
         elif cfg.train.init_from:
             model = ckpt.load_model(cfg.train.init_from, what="train.init_from")
         else:
-            texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
+            texts = None
+            if cfg.model.text.pretrained is None:
+                from shards.records import ReadStats
+
+                read = ReadStats()
+                texts = collect_tokenizer_texts(cfg, stats=read)
+                if read.skipped:
+                    acc.print(
+                        f"tokenizer texts: {read.skipped} of {read.expected} samples skipped as corrupt"
+                    )
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)
         model.set_gradient_checkpointing(cfg.train.grad_checkpointing)
         self.tokenize = model.tokenize
@@ -270,10 +284,12 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.3f}", kind=last_kind)
-                # One collective per step: a stop signal on any rank, a non-finite loss on any rank.
-                signalled, bad_loss = (v > 0 for v in self._world_sum([stop.signal is not None, bad_loss]))
-                # fp16: a step the loss scaler skipped with every loss finite is an overflow, its normal business.
-                bad = bad_loss or (skipped and cfg.train.mixed_precision != "fp16")
+                # A non-finite loss on any rank poisoned the gradients of all (trainer.step), so `skipped` agrees over
+                # ranks. Under fp16 a skip with every loss finite is a loss-scale overflow, the scaler's business.
+                if cfg.train.mixed_precision == "fp16":
+                    bad = self._any_rank(bad_loss)
+                else:
+                    bad = skipped or bad_loss
                 self.skipped_steps += skipped
                 bad_streak = bad_streak + 1 if bad else 0
 
@@ -299,7 +315,7 @@ class Trainer:
                     and self.step < cfg.train.max_steps
                 ):
                     self.save()
-                if signalled:
+                if self._any_rank(stop.signal is not None):
                     acc.print(f"signal received: checkpointing at step {self.step} and exiting for requeue")
                     self.save()
                     preempted = True
@@ -329,10 +345,11 @@ class Trainer:
 
         from trainer.distributed import broadcast_from_main, gather_to_main
 
-        gathered = gather_to_main(batch)
+        gathered = gather_to_main((bad_loss, batch))
         message = None
         if gathered is not None:
-            samples = [x for part in gathered for x in part]
+            bad_loss = any(loss for loss, _ in gathered)
+            samples = [x for _, part in gathered for x in part]
             kinds = "/".join(sorted({kind for kind, _, _ in samples}))
             counts = Counter(source for _, source, _ in samples)
             keys = [key for _, _, key in samples]
