@@ -469,3 +469,24 @@ def test_output_dir_that_is_a_file_is_one_line(tiny_shards, tmp_path):
         proc.stderr.strip().splitlines()[-1]
         == f"error: run.output_dir: {tmp_path / 'file'} is a file, not a folder"
     )
+
+
+def test_corrupt_evaluation_split_during_training(tiny_shards, tmp_path):
+    """In-training evaluation of a split with a truncated shard stops the run with one line, or, with
+    eval.allow_partial, reports on what was read with SET/expected, SET/read and SET/skipped."""
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(tiny_shards, data)
+    (shard,) = sorted((data / "clotho" / "evaluation").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    extra = {"train.max_steps": 2, "train.eval_every": 2, "train.save_every": 0}
+    partial = tmp_path / "partial"
+    check(run_trainer(train_overrides(data, partial, **extra, **{"eval.allow_partial": "true"})))
+    report = json.loads((partial / "eval" / "step_2.json").read_text())
+    counts = [report[f"clotho-evaluation/{k}"] for k in ("expected", "read", "skipped")]
+    assert counts[0] == counts[1] + counts[2] and counts[2] > 0
+    assert report["tacos-test/skipped"] == 0
+    proc = run_trainer(train_overrides(data, tmp_path / "strict", **extra))
+    check(proc, 1)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: evaluation read ")
