@@ -38,7 +38,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.clips import Clip, collate, draw_mixup, load_clip, mix_clips
-from shards.records import CorruptSample, Record, ShardReadError, Skips, iter_groups, keeps, parse_record
+from shards.records import (
+    CorruptSample,
+    ReadStats,
+    Record,
+    ShardReadError,
+    iter_groups,
+    keeps,
+    lost_rest,
+    parse_record,
+    share,
+)
 from shards.remote import ReadPolicy
 from shards.shardlist import Shard, ShardError, expand_urls, train_parts
 from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
@@ -77,6 +87,7 @@ class DataSettings(Protocol):
     caption_sampling: str
     mixup: Any
     """`prob` and `alpha` (trainer.config.MixupConfig)."""
+    max_text_chars: int
 
 
 def batch_kind(index: int, strong_every: int, strong_prob: float | None, seed: int) -> str:
@@ -123,6 +134,7 @@ class MixSpec:
     strong_prob: float | None
     shuffle_buffer: int
     min_overlap: float
+    max_text_chars: int
     seed: int
     rank: int
     world_size: int
@@ -141,9 +153,10 @@ class MixSpec:
 class SourceStream:
     """Endless records of one source for one (rank, worker): resampled shards of its part, a shuffle buffer."""
 
-    def __init__(self, spec: MixSpec, source: int, worker: int, skips: Skips) -> None:
+    def __init__(self, spec: MixSpec, source: int, worker: int, stats: ReadStats) -> None:
         src = spec.sources[source]
-        self.name, self.shards, self.skips, self.read = src.name, src.shards, skips, spec.read
+        self.name, self.shards, self.stats, self.read = src.name, src.shards, stats, spec.read
+        self.max_text_chars = spec.max_text_chars
         self.passes = spec.caption_sampling == "all"
         self.per_caption = self.passes and src.kind == WEAK
         total = spec.world_size * spec.num_workers
@@ -205,26 +218,35 @@ class SourceStream:
                 else:
                     return None
             assert self.groups is not None and self.shard is not None
+            part, shard = self.parts[self.shard], self.shards[self.shard]
             try:
                 key, members = next(self.groups)
             except StopIteration:
+                if shard.num_samples is not None and self.pos < shard.num_samples:
+                    error = CorruptSample(
+                        f"{shard.url}: the shard ends after {self.pos} samples, its manifest says {shard.num_samples}"
+                    )
+                    lost_rest(self.stats, error, part, self.pos, shard.num_samples)
                 self._close()
                 continue
             except ShardReadError as e:
                 self._unreadable(e)
                 continue
             except CorruptSample as e:
-                self.skips.note(e)
+                lost_rest(self.stats, e, part, self.pos, shard.num_samples)
                 self._close()
                 continue
             index, self.pos = self.pos, self.pos + 1
-            if not keeps(self.parts[self.shard], index):
+            if not keeps(part, index):
                 continue
             try:
-                record = parse_record(key, members, self.shards[self.shard].url, self.shard, index)
+                record = parse_record(
+                    key, members, shard.url, self.shard, index, self.max_text_chars, self.stats
+                )
             except CorruptSample as e:
-                self.skips.note(e)
+                self.stats.skip(e)
                 continue
+            self.stats.got()
             self.kept += 1
             self.failing.clear()
             return record
@@ -264,7 +286,8 @@ class SourceStream:
     def _unreadable(self, error: ShardReadError) -> None:
         """Skip and count a shard whose read failed after every retry; an error once all of ours failed in a row."""
         assert self.shard is not None
-        self.skips.note(error)
+        rest = share(self.parts[self.shard], self.pos, self.shards[self.shard].num_samples)
+        self.stats.skip(error, 1 if rest is None else rest)  # counted in unreadable_shards too
         self.failing.add(self.shard)
         self.groups, self.shard = None, None
         if self.failing >= set(self.order):
@@ -305,12 +328,12 @@ class SourceStream:
             try:
                 for index, (key, members) in enumerate(iter_groups(url, self.read)):
                     if index in indices:
-                        found[s, index] = parse_record(key, members, url, s, index)
+                        found[s, index] = parse_record(key, members, url, s, index, self.max_text_chars)
                     if index >= last:
                         break
             except ShardReadError as e:
-                # its buffered samples are dropped; the buffer refills from the stream
-                self.skips.note(e)
+                # its buffered samples are dropped (counted as skipped); the buffer refills from the stream
+                self.stats.skip(e, len(indices))
                 unreadable.add(s)
         refs = [ref for ref in refs if ref[0] not in unreadable or ref in found]
         missing = [ref for ref in refs if ref not in found]
@@ -342,8 +365,8 @@ class WorkerStream:
 
     def __init__(self, spec: MixSpec, worker: int, state: dict[str, Any] | None = None) -> None:
         self.spec, self.worker = spec, worker
-        self.skips = Skips()
-        self.sources = [SourceStream(spec, i, worker, self.skips) for i in range(len(spec.sources))]
+        self.stats = ReadStats()
+        self.sources = [SourceStream(spec, i, worker, self.stats) for i in range(len(spec.sources))]
         self.rng = _rng(spec.seed, spec.rank, worker, 0)
         self.buffers = BatchBuffers()
         self.index = worker
@@ -379,7 +402,7 @@ class WorkerStream:
                     caption_index=caption,
                 )
             except CorruptSample as e:
-                self.skips.note(e)
+                self.stats.reject(e)
                 continue
             if clip is not None:
                 return clip
@@ -390,16 +413,14 @@ class WorkerStream:
         return {
             "index": self.index,
             "rng": self.rng.bit_generator.state,
-            "corrupt_skipped": self.skips.count,
-            "unreadable_shards": self.skips.unreadable,
+            "stats": self.stats.as_dict(),
             "sources": [s.state_dict() for s in self.sources],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index = int(state["index"])
         self.rng.bit_generator.state = state["rng"]
-        self.skips.count = int(state["corrupt_skipped"])
-        self.skips.unreadable = int(state.get("unreadable_shards", 0))  # (absent in states saved before it)
+        self.stats.add(state["stats"])  # the sources share this object
         for stream, sd in zip(self.sources, state["sources"], strict=True):
             stream.load_state_dict(sd)
 
@@ -456,6 +477,10 @@ class MixedStream:
                 raise ValueError(
                     f"data.{kind}: {kind} batches are scheduled but no {kind} source is configured"
                 )
+            if not possible and any(s.kind == kind for s in sources):
+                raise ValueError(
+                    f"data.{kind}: sources are configured but no {kind} batch is scheduled (strong_every/strong_prob)"
+                )
         self.spec = MixSpec(
             sources=tuple(sources),
             sample_rate=cfg.sample_rate,
@@ -465,6 +490,7 @@ class MixedStream:
             strong_prob=prob,
             shuffle_buffer=cfg.shuffle_buffer,
             min_overlap=cfg.min_region_overlap,
+            max_text_chars=cfg.max_text_chars,
             seed=seed,
             rank=rank,
             world_size=world_size,
@@ -479,6 +505,7 @@ class MixedStream:
         self.consumed = 0
         self.states: list[dict[str, Any] | None] = [None] * self.spec.num_workers
         self.seen = dict.fromkeys(names, 0)
+        self.base_stats: dict[str, int] = {}
 
     @property
     def data_seen(self) -> dict[str, int]:
@@ -486,14 +513,26 @@ class MixedStream:
         return dict(self.seen)
 
     @property
-    def corrupt_skipped(self) -> int:
-        """Corrupt samples skipped by the workers up to the batches consumed so far."""
-        return sum(s["corrupt_skipped"] for s in self.states if s is not None)
+    def read_stats(self) -> ReadStats:
+        """What the workers read up to the batches consumed so far (expected, read, skipped, truncated), plus the
+        counts carried over from a stream this one replaced (`carry_counts`)."""
+        total = ReadStats.from_dict(self.base_stats)
+        for state in self.states:
+            if state is not None:
+                total.add(state["stats"])
+        return total
+
+    def carry_counts(self, data_seen: dict[str, int], stats: dict[str, int]) -> None:
+        """Continue the counts of an earlier stream that this one replaces (e.g. after a resume with another data
+        setup): samples seen per source name (names no longer configured are kept) and read counts."""
+        for name, n in data_seen.items():
+            self.seen[name] = self.seen.get(name, 0) + int(n)
+        self.base_stats = ReadStats.from_dict(self.base_stats).add(stats).as_dict()
 
     @property
     def unreadable_shards(self) -> int:
         """Shards skipped because the network or store failed after every retry, up to the batches consumed so far."""
-        return sum(s.get("unreadable_shards", 0) for s in self.states if s is not None)
+        return self.read_stats.unreadable_shards
 
     def __iter__(self) -> Iterator[dict]:
         """Batches from where the consumer stands; a new iterator supersedes (and stops) the previous one."""
@@ -542,6 +581,7 @@ class MixedStream:
             "caption_sampling": spec.caption_sampling,
             "consumed": self.consumed,
             "data_seen": dict(self.seen),
+            "base_stats": dict(self.base_stats),
             "workers": [_plain(s) for s in self.states],
         }
 
@@ -571,7 +611,9 @@ class MixedStream:
             )
         self.consumed = int(state["consumed"])
         self.states = list(state["workers"])
-        self.seen = {name: int(state["data_seen"].get(name, 0)) for name in self.seen}
+        self.seen = {name: 0 for name in self.seen}
+        self.seen.update({name: int(n) for name, n in state["data_seen"].items()})
+        self.base_stats = dict(state.get("base_stats", {}))
 
 
 def _plain(x: Any) -> Any:

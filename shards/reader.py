@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.clips import Clip, collate, load_clip
-from shards.records import CorruptSample, Skips, iter_part
+from shards.records import DEFAULT_MAX_TEXT_CHARS, CorruptSample, ReadStats, iter_part
 from shards.remote import ReadPolicy
 from shards.shardlist import Shard, ShardError, eval_parts, expand_urls
 from shards.transfer import BatchBuffers, BatchReceiver, passthrough, worker_shutdown
@@ -40,9 +40,11 @@ class EvalShards(IterableDataset):
         num_workers: int,
         window: int | None,
         min_overlap: float,
+        max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
         policy: ReadPolicy | None = None,
     ) -> None:
         self.shards = list(shards)
+        self.max_text_chars = max_text_chars
         self.policy = policy
         self.sample_rate = sample_rate
         self.batch_size = batch_size
@@ -57,17 +59,17 @@ class EvalShards(IterableDataset):
         worker = info.id if info is not None else 0
         total = self.world_size * self.num_workers
         parts = eval_parts([s.num_samples for s in self.shards], total, self.rank * self.num_workers + worker)
-        skips = Skips()
+        stats = ReadStats()
         buffers = BatchBuffers()
         clips: list[Clip] = []
         for part in parts:
-            for record in iter_part(self.shards, part, skips, self.policy):
+            for record in iter_part(self.shards, part, stats, self.max_text_chars, self.policy):
                 try:
                     clip = load_clip(
                         record, record.sample.dataset, self.sample_rate, self.window, self.min_overlap
                     )
                 except CorruptSample as e:
-                    skips.note(e)
+                    stats.reject(e)
                     continue
                 clips.append(clip)  # type: ignore[arg-type]
                 if len(clips) == self.batch_size:
@@ -75,7 +77,7 @@ class EvalShards(IterableDataset):
                     clips = []
         if clips:
             yield self._collate(clips, buffers)
-        yield {"corrupt_skipped": skips.count}
+        yield {"read_stats": stats.as_dict()}
 
     def _collate(self, clips: list[Clip], buffers: BatchBuffers) -> dict:
         kind = "strong" if any(c.regions for c in clips) else "weak"
@@ -114,16 +116,18 @@ def iter_eval_batches(
     clip_seconds: float | None = None,
     allow_pipe: bool = False,
     min_region_overlap: float = 0.5,
-    stats: dict | None = None,
+    stats: ReadStats | None = None,
     max_samples: int | None = None,
+    max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
     policy: ReadPolicy | None = None,
 ) -> Iterator[dict]:
     """Finite evaluation batches of this rank; over all ranks and workers every sample comes exactly once.
 
     clip_seconds None: whole clips, padded to the longest in the batch; a number: the window [0, clip_seconds).
     max_samples: only the first N samples of the split in shard order (the same subset for any world size).
-    Captions are all of a sample's captions (list[list[str]]); region fields are always present. `stats`, if
-    given, receives "corrupt_skipped" (filled when the iteration ends). `policy`: retries and timeout of network
+    Captions are all of a sample's captions (list[list[str]]), cut to `max_text_chars` like region texts; region
+    fields are always present. `stats`, if given, receives this rank's counts (shards.records.ReadStats: expected,
+    read, skipped, truncated), added when the iteration ends. `policy`: retries and timeout of network
     reads; a shard still unreadable after them raises ShardReadError.
     """
     if batch_size <= 0 or sample_rate <= 0:
@@ -137,7 +141,16 @@ def iter_eval_batches(
         shards = first_samples(shards, max_samples)
     window = None if clip_seconds is None else round(clip_seconds * sample_rate)
     dataset = EvalShards(
-        shards, sample_rate, batch_size, rank, world_size, num_workers, window, min_region_overlap, policy
+        shards,
+        sample_rate,
+        batch_size,
+        rank,
+        world_size,
+        num_workers,
+        window,
+        min_region_overlap,
+        max_text_chars,
+        policy,
     )
     batches = (
         DataLoader(
@@ -150,13 +163,13 @@ def iter_eval_batches(
         if num_workers > 0
         else dataset
     )
-    corrupt = 0
+    counts = ReadStats()
     receive = BatchReceiver(sample_rate)
     with worker_shutdown(iter(batches)) as produced:
         for batch in produced:
             if "audio" not in batch:
-                corrupt += batch["corrupt_skipped"]
+                counts.add(batch["read_stats"])
                 continue
             yield receive(batch)
     if stats is not None:
-        stats["corrupt_skipped"] = corrupt
+        stats.add(counts)

@@ -8,6 +8,10 @@ matches the manifest's dataset/split/sample_rate; every FLAC decodes at that rat
 
 Shards are checked one by one, or by `workers` processes in parallel (the same report, in the same
 order: results are taken in manifest order and keys are compared across shards in this process).
+
+The report counts samples as every reader of shards does (shards.records.ReadStats): `expected` (the manifest's
+num_samples), `read` (samples intact: both members, valid JSON, audio that decodes) and `skipped` (the rest, what
+a reader would skip); a damaged shard keeps the samples before the damage.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +40,19 @@ class VerifyReport:
     num_samples: int = 0
     total_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    expected: int = 0
+    """Samples the manifest lists."""
+    read: int = 0
+    """Samples found intact (both members, valid JSON, decodable audio)."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def skipped(self) -> int:
+        """Samples a reader would skip: expected but not intact."""
+        return max(0, self.expected - self.read)
 
 
 def _close(a: float, b: float, tol: float) -> bool:
@@ -54,6 +67,7 @@ class ShardCheck:
     seconds: float
     keys: list[str]
     problems: list[str]
+    intact: int = 0
 
 
 def verify_split(
@@ -90,6 +104,8 @@ def verify_split(
         problems.append(f"{manifest_path}: missing field(s) {', '.join(missing)}")
         return report
     shards = manifest["shards"]
+    if isinstance(manifest["num_samples"], int):
+        report.expected = manifest["num_samples"]
     if not isinstance(shards, list) or not all(
         isinstance(s, dict) and set(SHARD_FIELDS) <= set(s) for s in shards
     ):
@@ -130,6 +146,7 @@ def verify_split(
             keys.add(key)
         report.num_shards += 1
         report.num_samples += check.count
+        report.read += check.intact
         report.total_seconds += check.seconds
     if report.num_samples != manifest["num_samples"]:
         problems.append(
@@ -158,8 +175,8 @@ def check_shard(path: Path, info: dict[str, Any], manifest: dict[str, Any], deco
     """Check one shard against its manifest entry (and `manifest`'s dataset/split/sample_rate)."""
     problems: list[str] = []
     keys: list[str] = []
-    count, seconds = _verify_shard(path, info, manifest, keys, decode_audio, problems)
-    return ShardCheck(count, seconds, keys, problems)
+    count, seconds, intact = _verify_shard(path, info, manifest, keys, decode_audio, problems)
+    return ShardCheck(count, seconds, keys, problems, intact)
 
 
 def _verify_shard(
@@ -169,40 +186,44 @@ def _verify_shard(
     keys: list[str],
     decode_audio: bool,
     problems: list[str],
-) -> tuple[int, float]:
-    """Check one shard; returns (samples, seconds) found in it and appends its keys, in order, to `keys`."""
+) -> tuple[int, float, int]:
+    """Check one shard; returns (samples, seconds, intact samples) found in it and appends its keys, in order, to
+    `keys`."""
     name = info["name"]
     if not path.is_file():
         problems.append(f"{name}: listed in {MANIFEST} but missing")
-        return 0, 0.0
+        return 0, 0.0, 0
     size = path.stat().st_size
     if size != info["bytes"]:
         problems.append(f"{name}: {size} bytes, {MANIFEST} says {info['bytes']}")
     if file_sha256(path) != info["sha256"]:
         problems.append(f"{name}: sha256 differs from {MANIFEST} (corrupted or changed)")
-    count, seconds = 0, 0.0
+    count, seconds, intact = 0, 0.0, 0
     try:
-        members = _pairs(path, name, problems)
-        for key, parts in members:
+        for key, parts in _pairs(path, name, problems):
             keys.append(key)
             if set(parts) != {"flac", "json"}:
                 problems.append(f"{name}: sample {key!r} has members {sorted(parts)}, expected flac and json")
                 continue
+            before = len(problems)
             duration = _check_sample(name, key, parts, manifest, decode_audio, problems)
             count += 1
+            intact += len(problems) == before
             seconds += duration
     except (tarfile.TarError, EOFError, OSError) as e:
-        problems.append(f"{name}: unreadable tar: {e}")
+        problems.append(f"{name}: unreadable tar after {count} samples: {e}")
     if count != info["num_samples"]:
         problems.append(f"{name}: {count} samples, {MANIFEST} says {info['num_samples']}")
     if not _close(seconds, info["seconds"], 1e-4 + 1e-6 * count):
         problems.append(f"{name}: {seconds:.6f} s of audio, {MANIFEST} says {info['seconds']}")
-    return count, seconds
+    return count, seconds, intact
 
 
-def _pairs(path: Path, name: str, problems: list[str]) -> list[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) in tar order; a key's members must be adjacent, as WebDataset reads them."""
-    out: list[tuple[str, dict[str, bytes]]] = []
+def _pairs(path: Path, name: str, problems: list[str]) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) in tar order, each sample once all its members are read (a tar that breaks keeps
+    the samples before the damage); a key's members must be adjacent, as WebDataset reads them."""
+    current: tuple[str, dict[str, bytes]] | None = None
+    seen: set[str] = set()
     with tarfile.open(path, "r:") as tar:
         for m in tar:
             if not m.isfile():
@@ -212,17 +233,22 @@ def _pairs(path: Path, name: str, problems: list[str]) -> list[tuple[str, dict[s
             if not dot or "/" in m.name:
                 problems.append(f"{name}: member {m.name!r} is not KEY.ext")
                 continue
+            if current is not None and current[0] != key:
+                yield current  # before reading on: the next member may be the damaged one
+                current = None
             f = tar.extractfile(m)
             payload = f.read() if f else b""
-            if out and out[-1][0] == key:
-                if ext in out[-1][1]:
+            if current is not None:
+                if ext in current[1]:
                     problems.append(f"{name}: member {m.name!r} appears twice")
-                out[-1][1][ext] = payload
-            else:
-                if any(k == key for k, _ in out):
-                    problems.append(f"{name}: members of {key!r} are not adjacent")
-                out.append((key, {ext: payload}))
-    return out
+                current[1][ext] = payload
+                continue
+            if key in seen:
+                problems.append(f"{name}: members of {key!r} are not adjacent")
+            seen.add(key)
+            current = (key, {ext: payload})
+    if current is not None:
+        yield current
 
 
 def _check_sample(

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 TASKS = ("retrieval", "temporal")
+COUNTS = ("expected", "read", "skipped")
+"""Report keys that count samples (trainer.evaluate.COUNTS)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=1, help="processes for PSDS1/pAUROC on rank 0 (default 1)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write CHECKPOINT/eval_cache/")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="report on the samples that could be read when the split has corrupt samples or shards (default: an "
+        "error); the report's expected/read/skipped say how many",
+    )
     return p
 
 
@@ -66,7 +74,7 @@ def format_table(report: Mapping[str, float]) -> str:
     rows = []
     for key, value in report.items():
         name = key.rsplit("/", 1)[-1]
-        if name.startswith("num_"):
+        if name.startswith("num_") or name in COUNTS:
             text = f"{int(value)}"
         elif name == "medR":
             text = f"{value:.1f}"
@@ -84,6 +92,7 @@ def format_table(report: Mapping[str, float]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as `args` say; the report on every rank."""
     from shards.reader import iter_eval_batches
+    from shards.records import ReadStats
     from shards.relevance import load_relevance, read_relevance
     from trainer.checkpoint import checkpoint_sample_rate, eval_cache_path, load_model, model_dir
     from trainer.distributed import init_from_env, local_device
@@ -104,9 +113,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = local_device(args.device)
     model = load_model(args.checkpoint, device, "--checkpoint").eval()
     sample_rate = checkpoint_sample_rate(args.checkpoint, args.sample_rate, model)
+    stats = ReadStats()
     batches = progress(
         iter_eval_batches(
-            args.data, sample_rate=sample_rate, batch_size=args.batch_size, rank=rank, world_size=world
+            args.data,
+            sample_rate=sample_rate,
+            batch_size=args.batch_size,
+            rank=rank,
+            world_size=world,
+            stats=stats,
         ),
         enabled=rank == 0,
         desc=f"embedding ({args.task})",
@@ -116,7 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cache = (
             None if args.no_cache else eval_cache_path(args.checkpoint, "retrieval", args.data, sample_rate)
         )
-        metrics = evaluate_retrieval(model, batches, relevance=relevance, device=device, cache_path=cache)
+        metrics = evaluate_retrieval(
+            model,
+            batches,
+            relevance=relevance,
+            device=device,
+            cache_path=cache,
+            stats=stats,
+            allow_partial=args.allow_partial,
+        )
     else:
         extra = json.dumps([args.text_template])
         cache = (
@@ -132,6 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             text_template=args.text_template,
             cache_path=cache,
             num_jobs=args.jobs,
+            stats=stats,
+            allow_partial=args.allow_partial,
         )
     return {
         "task": args.task,

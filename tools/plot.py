@@ -92,7 +92,13 @@ def read_eval(run_dir: str | Path) -> dict[int, dict[str, float]]:
 def is_fraction_metric(key: str) -> bool:
     """Whether a report key holds a fraction in [0, 1] (not a rank such as medR, not a count num_*)."""
     leaf = key.rsplit("/", 1)[-1]
-    return leaf != "medR" and not leaf.startswith("num_") and leaf != "step"
+    counts = (
+        "step",
+        "expected",
+        "read",
+        "skipped",
+    )  # the sample counts of a report (trainer.evaluate.COUNTS)
+    return leaf != "medR" and not leaf.startswith("num_") and leaf not in counts
 
 
 def eval_groups(metrics: Mapping[str, float]) -> dict[str, list[str]]:

@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"OK {d}: {what}")
             continue
         failed = True
-        print(f"FAILED {d}: {len(report.problems)} problem(s); {what}")
+        counts = f"read {report.read} of {report.expected} expected samples intact, {report.skipped} skipped"
+        print(f"FAILED {d}: {len(report.problems)} problem(s); {counts}; {what}")
         for p in report.problems[: args.max_problems]:
             print(f"  {p}")
         if len(report.problems) > args.max_problems:

@@ -31,13 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     from shards.shardlist import ShardError
     from trainer.checkpoint import CheckpointError
     from trainer.distributed import LaunchError
+    from trainer.evaluate import PartialDataError
     from trainer.loop import train
+    from trainer.step import NonFiniteError
 
     try:
         return train(cfg)
     except (ConfigError, CheckpointError, LaunchError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (NonFiniteError, PartialDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

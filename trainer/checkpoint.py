@@ -1,4 +1,5 @@
-"""Checkpoints that resume exactly and are never half-written; the one place that knows their layout.
+"""Checkpoints that resume exactly, are never half-written and are verified before use; the one place that knows
+their layout.
 
 Layout of ``RUN/checkpoints/step_N/``:
     accelerate/        accelerator.save_state: model, optimizer, scheduler, grad scaler, RNG of every process
@@ -6,12 +7,28 @@ Layout of ``RUN/checkpoints/step_N/``:
     model/             consolidated weights + model config + tokenizer (AudioTextModel.save_pretrained), what
                        `load_model` reads for evaluation, inference and train.init_from
     data/rank_R.pt     data-stream state of rank R
-    trainer_state.json step, world size, data_seen, ...
+    trainer_state.json step, world size, data_seen, read counts, ...
     config.yaml        the resolved config of the run
+    checksums.sha256   sha256 of every file above (`sha256sum -c checksums.sha256` checks it by hand), written last:
+                       a checkpoint without it is not complete
 
-Every process writes into ``.tmp-step_N``; after a barrier the main process renames it to ``step_N``, then
-points ``latest`` (a relative symlink) at it, then prunes. A crash at any point leaves ``latest`` on a complete
-checkpoint.
+The save sequence (`save_checkpoint`) keeps `latest` on a complete checkpoint at every instant:
+    1. every process writes into ``.tmp-step_N``                                       fault point "written"
+    2. the main process writes checksums.sha256 (synced to disk)                       "summed"
+    3. renames ``.tmp-step_N`` to ``step_N``                                           "renamed"
+    4. points ``latest`` (a relative symlink) at it: a new link renamed over the old   "linked"
+    5. prunes: each old checkpoint is renamed to ``.deleting-step_M`` (never taken for a checkpoint again), then
+       deleted                                                                           "pruning" (after a rename)
+A kill before 3 leaves a temp folder that the next save or prune removes; after 3 the new checkpoint is complete.
+An existing ``step_N`` is never replaced in place: a run does not save a step twice, and resuming sets newer
+checkpoints aside (`settle_resumed`).
+
+Resuming (`resume_candidates` + `verify_checkpoint`) takes the newest checkpoint whose files match their checksums;
+one that does not (a file missing, damaged, half-deleted) is reported in one line and the next older one is tried.
+
+Fault injection for tests: ``SONOTEXT_CHECKPOINT_FAULT=[ACTION:]POINT[@STEP]`` makes the main process kill itself
+with SIGKILL (ACTION ``kill``, the default) or send itself SIGTERM (``term``: the stop protocol) at POINT of the
+save of STEP (of every save without @STEP). Points: written, summed, renamed, linked, pruning, saved (after all).
 """
 
 from __future__ import annotations
@@ -21,6 +38,9 @@ import json
 import os
 import re
 import shutil
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +51,10 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
 MODEL_DIR = "model"
 CONFIG_FILE = "config.yaml"
+CHECKSUMS = "checksums.sha256"
 EVAL_CACHE_DIR = "eval_cache"
+FAULT_ENV = "SONOTEXT_CHECKPOINT_FAULT"
+FAULT_POINTS = ("written", "summed", "renamed", "linked", "pruning", "saved")
 
 
 class CheckpointError(RuntimeError):
@@ -43,19 +66,25 @@ def step_dir(ckpt_root: Path, step: int) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    return (path / STATE_FILE).is_file() and (path / "accelerate").is_dir()
+    """Whether the save of `path` finished (its checksums are written); `verify_checkpoint` checks the contents."""
+    return (path / CHECKSUMS).is_file() and (path / STATE_FILE).is_file() and (path / "accelerate").is_dir()
 
 
-def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints sorted by step."""
+def step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Every step_N folder (complete or not), sorted by step."""
     if not ckpt_root.is_dir():
         return []
     found = []
     for p in ckpt_root.iterdir():
         m = STEP_DIR.match(p.name)
-        if m and p.is_dir() and not p.is_symlink() and is_complete(p):
+        if m and p.is_dir() and not p.is_symlink():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints sorted by step."""
+    return [(step, p) for step, p in step_dirs(ckpt_root) if is_complete(p)]
 
 
 def find_latest(ckpt_root: Path) -> Path | None:
@@ -67,27 +96,154 @@ def find_latest(ckpt_root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resolve_resume(resume: str | None, ckpt_root: Path) -> Path | None:
-    """train.resume -> checkpoint dir to load, or None to start fresh."""
+# ---------------------------------------------------------------------------------------------------------------------
+# Checksums
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _hash_files(root: Path, names: list[str]) -> list[str]:
+    """sha256 of each file, in threads (hashlib releases the GIL on large reads)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda name: _sha256(root / name), names))
+
+
+def write_checksums(path: Path) -> None:
+    """CHECKSUMS of every file under `path` (sha256sum format), written atomically and synced: the last write."""
+    names = sorted(
+        os.path.relpath(os.path.join(d, f), path)
+        for d, _, files in os.walk(path)
+        for f in files
+        if f != CHECKSUMS
+    )
+    lines = [f"{digest}  {name}\n" for name, digest in zip(names, _hash_files(path, names))]
+    tmp = path / (CHECKSUMS + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / CHECKSUMS)
+    _fsync_dir(path)
+
+
+def verify_checkpoint(path: Path, only: str | None = None) -> None:
+    """Raise CheckpointError naming the first problem unless every file listed in CHECKSUMS (under `only`, a
+    subfolder, when given) exists with its checksum. Files not listed (e.g. eval_cache/) are not checked."""
+    listing = path / CHECKSUMS
+    if not listing.is_file():
+        raise CheckpointError(
+            f"{path}: no {CHECKSUMS} (not completely written, or saved by an older version)"
+        )
+    expected: dict[str, str] = {}
+    for n, line in enumerate(listing.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        name = name.removeprefix("./")  # as `find . -type f -exec sha256sum {} +` writes them
+        if not sep or len(digest) != 64 or not name or name.startswith("/") or ".." in Path(name).parts:
+            raise CheckpointError(f"{path}: {CHECKSUMS} line {n} is not 'SHA256  FILE'")
+        expected[name] = digest
+    for required in (STATE_FILE, f"{MODEL_DIR}/"):
+        if not any(name == required or name.startswith(required) for name in expected):
+            raise CheckpointError(f"{path}: {CHECKSUMS} lists no {required}")
+    names = [n for n in expected if only is None or n.startswith(only.rstrip("/") + "/")]
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path}: {missing[0]} is missing" + (f" ({len(missing)} files)" if len(missing) > 1 else "")
+        )
+    for name, digest in zip(names, _hash_files(path, names)):
+        if digest != expected[name]:
+            raise CheckpointError(f"{path}: {name} does not match its checksum (damaged or changed)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resume_candidates(resume: str | None, ckpt_root: Path) -> tuple[list[Path], bool]:
+    """train.resume -> (checkpoints to try, newest first; whether an empty list may start fresh), unverified.
+
+    auto (or a RUN/checkpoints folder): every step_N folder, newest first; none at all means a fresh start. A path:
+    that checkpoint only (it must exist).
+    """
     if resume is None or resume == "":
-        return None
+        return [], True
     if resume == "auto":
-        return find_latest(ckpt_root)
+        return [p for _, p in reversed(step_dirs(ckpt_root))], True
     path = Path(resume)
     if path.is_dir() and path.name == "checkpoints":
-        path = find_latest(path) or path
+        return [p for _, p in reversed(step_dirs(path))], False
     if not path.is_dir():
         raise CheckpointError(f"train.resume: checkpoint {path} does not exist")
-    path = path.resolve()
-    if not is_complete(path):
-        raise CheckpointError(
-            f"train.resume: {path} is not a complete checkpoint (no {STATE_FILE} or accelerate/)"
-        )
-    return path
+    return [path.resolve()], False
+
+
+def first_verified(candidates: list[Path], report: Callable[[str], None]) -> Path | None:
+    """The first of `candidates` that verifies; each one that does not is reported."""
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            report(f"checkpoint {path.name} is not usable, trying the next older one: {e}")
+            continue
+        return path
+    return None
+
+
+def no_usable(candidates: list[Path], resume: str | None) -> str:
+    names = ", ".join(p.name for p in candidates)
+    return (
+        f"train.resume={resume}: no usable checkpoint ({names} failed verification or loading, see above); "
+        "repair or remove them, name one with train.resume=PATH, or start from scratch with train.resume=null"
+    )
+
+
+def settle_resumed(
+    ckpt_root: Path, resumed: Path, keep_last: int, report: Callable[[str], None] = print
+) -> None:
+    """Tidy the run's checkpoints around the one resumed (if it is one of them): `latest` points at it; every newer
+    step_N (unusable, or of the timeline being replaced) is renamed to step_N.unusable / step_N.superseded, so that
+    the run can save those steps again (nothing of them is deleted); leftovers of an interrupted save are pruned."""
+    match = STEP_DIR.match(resumed.name)
+    if resumed.parent.resolve() != ckpt_root.resolve() or match is None:
+        return
+    step = int(match.group(1))
+    _point_latest(ckpt_root, resumed.name)
+    for _, p in [(n, p) for n, p in step_dirs(ckpt_root) if n > step]:
+        try:
+            verify_checkpoint(p)
+            suffix = "superseded"
+        except CheckpointError:
+            suffix = "unusable"
+        aside = _free_name(ckpt_root, f"{p.name}.{suffix}")
+        os.replace(p, aside)
+        report(f"checkpoint {p.name} is newer than the one resumed: renamed to {aside.name}")
+    _fsync_dir(ckpt_root)
+    prune(ckpt_root, keep_last, step)
 
 
 def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def fault(point: str, step: int) -> None:
+    """The fault-injection hook (see the module docstring): kill or signal this process at `point` if asked to."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    action, _, rest = spec.rpartition(":")
+    where, _, at = rest.partition("@")
+    if where == point and (not at or int(at) == step):
+        os.kill(os.getpid(), signal.SIGTERM if action == "term" else signal.SIGKILL)
 
 
 def save_checkpoint(
@@ -100,7 +256,7 @@ def save_checkpoint(
     config_yaml: str,
     keep_last: int,
 ) -> Path:
-    """Collective: every process must call it. Returns the final checkpoint dir."""
+    """Collective: every process must call it. Returns the final checkpoint dir (see the module docstring)."""
     final = step_dir(ckpt_root, step)
     tmp = ckpt_root / f".tmp-step_{step}"
     if accelerator.is_main_process:
@@ -119,12 +275,19 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
+        fault("written", step)
         _fsync_tree(tmp)
-        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
+        write_checksums(tmp)
+        fault("summed", step)
+        if final.exists():  # only when another run wrote this folder: keep it, out of the way
+            os.replace(final, _free_name(ckpt_root, f"{final.name}.superseded"))
         os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        fault("renamed", step)
         _point_latest(ckpt_root, final.name)
-        prune(ckpt_root, keep_last)
+        fault("linked", step)
+        prune(ckpt_root, keep_last, step)
+        fault("saved", step)
     accelerator.wait_for_everyone()
     return final
 
@@ -150,10 +313,14 @@ def model_dir(path: str | Path, what: str = "checkpoint") -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", what: str = "checkpoint"):
-    """The AudioTextModel saved in a checkpoint (or a saved model folder), on `device`."""
+    """The AudioTextModel saved in a checkpoint (or a saved model folder), on `device`; a checkpoint's model files
+    are checked against its checksums first."""
     from trainer.model import AudioTextModel
 
-    return AudioTextModel.from_pretrained(model_dir(path, what), device=device)
+    folder = model_dir(path, what)
+    if folder.name == MODEL_DIR and (folder.parent / CHECKSUMS).is_file():
+        verify_checkpoint(folder.parent, only=MODEL_DIR)
+    return AudioTextModel.from_pretrained(folder, device=device)
 
 
 def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
@@ -191,16 +358,29 @@ def load_data_state(path: Path, rank: int) -> dict[str, Any] | None:
     return torch.load(f, weights_only=False) if f.is_file() else None
 
 
-def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all) and stale temp dirs."""
-    for p in ckpt_root.glob(".tmp-step_*"):
+def prune(ckpt_root: Path, keep_last: int, step: int = -1) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all; never `latest`'s) and leftovers of
+    interrupted saves and deletions. Each is renamed first, so a half-deleted folder is never taken for a checkpoint."""
+    for p in [*ckpt_root.glob(".tmp-step_*"), *ckpt_root.glob(".deleting-*")]:
         shutil.rmtree(p, ignore_errors=True)
     if keep_last <= 0:
         return
     latest = find_latest(ckpt_root)
     for _, p in list_checkpoints(ckpt_root)[:-keep_last]:
         if latest is None or p.resolve() != latest:
-            shutil.rmtree(p, ignore_errors=True)
+            doomed = ckpt_root / f".deleting-{p.name}"
+            os.replace(p, doomed)
+            fault("pruning", step)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """folder/name, or folder/name.2, name.3, ... if taken."""
+    path, n = folder / name, 1
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = folder / f"{name}.{n}"
+    return path
 
 
 def _point_latest(ckpt_root: Path, name: str) -> None:
@@ -209,6 +389,16 @@ def _point_latest(ckpt_root: Path, name: str) -> None:
         tmp_link.unlink()
     tmp_link.symlink_to(name)
     os.replace(tmp_link, ckpt_root / "latest")
+    _fsync_dir(ckpt_root)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and new names in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -107,6 +107,9 @@ class DataConfig:
     """Seconds an http(s) read may wait for data before it counts as stalled and is retried (object stores: their client's timeouts)."""
     retry_backoff_s: float = 1.0
     """Wait before the first retry of a network read; doubled for each further one (at most 30 s), with jitter."""
+    max_text_chars: int = 2000
+    """Captions and region texts read from shards are cut to this many characters (as the converters do; counted
+    as `truncated`), so that one huge text cannot exhaust memory in the tokenizer or the tokenizer training."""
 
 
 @dataclass
@@ -228,7 +231,12 @@ class TrainConfig:
     keep_last: int = 2
     """Keep this many most recent checkpoints (0 keeps all)."""
     resume: str | None = "auto"
-    """null: start fresh; auto: resume from output_dir/checkpoints/latest if present; or a checkpoint path."""
+    """null: start fresh; auto: resume from the newest checkpoint in output_dir/checkpoints that verifies (a damaged
+    one is reported and the next older is tried; an error if checkpoints exist but none is usable), a fresh start
+    when there is none; or a checkpoint path (it must verify)."""
+    nan_patience: int = 0
+    """Optimizer steps in a row with a non-finite loss or gradient norm that are skipped (no update) before the run
+    stops with an error naming the step and the batch's sources; 0: stop at the first."""
     init_from: str | None = None
     """Start a new run from these weights: a checkpoint (RUN/checkpoints/step_N, its model/) or a saved model folder;
     optimizer, schedule, step and data start fresh and the model section of this config is not used. Ignored when
@@ -258,6 +266,9 @@ class EvalConfig:
     """Strong sets for temporal alignment (frame AUROC/AP, PSDS1, pAUROC)."""
     batch_size: int = 32
     """Per-process batch size for embedding computation."""
+    allow_partial: bool = False
+    """Report on the samples that could be read when an evaluation set has corrupt samples or shards (counted as
+    SET/skipped); false: such an evaluation is an error that stops the run."""
 
 
 @dataclass
@@ -325,12 +336,19 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     return cfg
 
 
+MIN_SAMPLE_RATE = 1000
+"""Hz; below it no audio front end makes sense (and mel filterbanks break)."""
+MIN_CLIP_SECONDS = 0.1
+"""Seconds; every audio front end needs at least one analysis window (tens of milliseconds) per clip."""
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     positive = {
         "data.sample_rate": cfg.data.sample_rate,
         "data.clip_seconds": cfg.data.clip_seconds,
         "data.batch_size": cfg.data.batch_size,
+        "data.max_text_chars": cfg.data.max_text_chars,
         "model.embed_dim": cfg.model.embed_dim,
         "model.text.max_length": cfg.model.text.max_length,
         "loss.strong_tau": cfg.loss.strong_tau,
@@ -364,12 +382,22 @@ def validate(cfg: Config) -> None:
         "data.spec_augment.time_width": cfg.data.spec_augment.time_width,
         "data.spec_augment.freq_masks": cfg.data.spec_augment.freq_masks,
         "data.spec_augment.freq_width": cfg.data.spec_augment.freq_width,
+        "train.nan_patience": cfg.train.nan_patience,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value!r}")
     if not cfg.data.timeout_s > 0:
         raise ConfigError(f"data.timeout_s: must be > 0, got {cfg.data.timeout_s!r}")
+    if cfg.data.sample_rate < MIN_SAMPLE_RATE:
+        raise ConfigError(
+            f"data.sample_rate: {cfg.data.sample_rate} Hz is too low for audio; must be >= {MIN_SAMPLE_RATE}"
+        )
+    if cfg.data.clip_seconds < MIN_CLIP_SECONDS:
+        raise ConfigError(
+            f"data.clip_seconds: {cfg.data.clip_seconds} s is shorter than an audio front end's analysis window; "
+            f"must be >= {MIN_CLIP_SECONDS}"
+        )
     if not 0.0 <= cfg.data.min_region_overlap <= 1.0:
         raise ConfigError(f"data.min_region_overlap: must be in [0, 1], got {cfg.data.min_region_overlap!r}")
     if cfg.data.strong_prob is not None and not 0.0 <= cfg.data.strong_prob <= 1.0:
@@ -424,10 +452,19 @@ def validate(cfg: Config) -> None:
     )
     if cfg.data.strong and not cfg.data.weak and not all_strong:
         raise ConfigError("data.weak: no weak sources; set data.strong_every=1 for a strong-only run")
+    if all_strong and cfg.data.weak:
+        key = "data.strong_prob=1" if cfg.data.strong_prob is not None else "data.strong_every=1"
+        names = ", ".join(s.name for s in cfg.data.weak)
+        raise ConfigError(
+            f"{key} makes every batch strong, so the weak sources ({names}) would never be read; "
+            "remove them (data.weak=[]) or make room for weak batches"
+        )
     for kind in ("retrieval", "temporal"):
         for i, s in enumerate(getattr(cfg.eval, kind)):
             if not s.name or not s.urls:
                 raise ConfigError(f"eval.{kind}.{i}: needs a name and urls")
+            if s.max_samples is not None and s.max_samples <= 0:
+                raise ConfigError(f"eval.{kind}.{i}.max_samples: must be > 0 or null, got {s.max_samples}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

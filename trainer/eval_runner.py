@@ -10,8 +10,9 @@ from typing import Any
 from trainer.config import Config, EvalSetConfig
 
 
-def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
-    """Finite batches of one evaluation set for this rank: whole clips, each sample exactly once over all ranks."""
+def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int, stats=None):
+    """Finite batches of one evaluation set for this rank: whole clips, each sample exactly once over all ranks;
+    `stats` (a shards.records.ReadStats) receives this rank's counts."""
     from shards.reader import iter_eval_batches
     from shards.remote import ReadPolicy
 
@@ -26,6 +27,8 @@ def eval_batches(s: EvalSetConfig, cfg: Config, rank: int, world_size: int):
         min_region_overlap=cfg.data.min_region_overlap,
         max_samples=s.max_samples,
         policy=ReadPolicy.of(cfg.data),
+        max_text_chars=cfg.data.max_text_chars,
+        stats=stats,
     )
 
 
@@ -36,7 +39,9 @@ def partitions_parameters(accelerator) -> bool:
 
 
 def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
-    """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank."""
+    """Run every configured evaluation set; the same flat dict {"SET/metric": value} on every rank, with
+    SET/expected, SET/read and SET/skipped sample counts (skipped samples are an error unless eval.allow_partial)."""
+    from shards.records import ReadStats
     from shards.relevance import load_relevance
     from shards.remote import ReadPolicy
     from trainer.evaluate import evaluate_retrieval, evaluate_temporal
@@ -44,18 +49,28 @@ def evaluate_sets(model, cfg: Config, accelerator) -> dict[str, Any]:
     rank, world = accelerator.process_index, accelerator.num_processes
     lockstep = world > 1 and partitions_parameters(accelerator)
     results: dict[str, Any] = {}
+    partial = cfg.eval.allow_partial
     for s in cfg.eval.retrieval:
+        stats = ReadStats()
         report = evaluate_retrieval(
             model,
-            eval_batches(s, cfg, rank, world),
+            eval_batches(s, cfg, rank, world, stats),
             relevance=load_relevance(s.urls, cfg.data.allow_pipe, ReadPolicy.of(cfg.data)),
             device=accelerator.device,
             lockstep=lockstep,
+            stats=stats,
+            allow_partial=partial,
         )
         results.update({f"{s.name}/{k}": v for k, v in report.items()})
     for s in cfg.eval.temporal:
+        stats = ReadStats()
         report = evaluate_temporal(
-            model, eval_batches(s, cfg, rank, world), device=accelerator.device, lockstep=lockstep
+            model,
+            eval_batches(s, cfg, rank, world, stats),
+            device=accelerator.device,
+            lockstep=lockstep,
+            stats=stats,
+            allow_partial=partial,
         )
         results.update({f"{s.name}/{k}": v for k, v in report.items()})
     return results

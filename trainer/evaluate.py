@@ -2,8 +2,9 @@
 
 `evaluate_retrieval` / `evaluate_temporal` embed the split on every rank (`trainer.embed`), and rank 0 turns the
 merged embeddings into a report with the metrics of `trainer.metrics` and broadcasts it; an error on any rank is
-raised on every rank. Which sets to evaluate, with which batches, is the run config's business
-(`trainer.eval_runner`); the CLI is `tools.evaluate`.
+raised on every rank. Given the reader's counts (`stats`), the report carries `expected`, `read` and `skipped`
+samples over all ranks, and a split with skipped (corrupt) samples is an error unless `allow_partial`. Which sets
+to evaluate, with which batches, is the run config's business (`trainer.eval_runner`); the CLI is `tools.evaluate`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.distributed import broadcast_from_main, rank_world
+from trainer.distributed import broadcast_from_main, gather_to_main, rank_world
 from trainer.embed import (
     RetrievalSet,
     TemporalSet,
@@ -39,6 +40,24 @@ from trainer.metrics import (
     zero_shot_accuracy,
 )
 
+COUNTS = ("expected", "read", "skipped")
+"""Report keys that count samples: what the split holds, what was evaluated, what was skipped as corrupt."""
+
+
+class PartialDataError(ValueError):
+    """An evaluation split could only be read in part (corrupt samples or shards) and partial results were not
+    allowed."""
+
+
+def check_finite(name: str, values: np.ndarray) -> None:
+    """A clear error when a model gave non-finite embeddings (its weights are not finite: a diverged run)."""
+    rows = ~np.isfinite(values).reshape(len(values), -1).all(axis=1) if len(values) else np.zeros(0, bool)
+    if rows.any():
+        raise ValueError(
+            f"the model gives non-finite {name} embeddings ({int(rows.sum())} of {len(values)}): its weights are not "
+            "finite (a diverged training run?); evaluate an earlier checkpoint"
+        )
+
 
 def _prefixed(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
@@ -50,6 +69,8 @@ def retrieval_report(
     """t2a/* and a2t/* (own captions are relevant), plus t2a_multi/* from multi-relevance judgements when given."""
     if not data.captions:
         raise ValueError("retrieval evaluation needs captions, but the split has none (a strong-only split?)")
+    check_finite("audio", data.audio)
+    check_finite("caption", data.text)
     report: dict[str, float] = {"num_clips": len(data.keys), "num_captions": len(data.captions)}
     report.update(_prefixed("t2a", text_to_audio(data.text, data.audio, data.caption_clip)))
     report.update(_prefixed("a2t", audio_to_text(data.audio, data.text, data.caption_clip)))
@@ -78,6 +99,9 @@ def temporal_report(
     n = len(data.keys)
     if not data.texts:
         raise ValueError("temporal evaluation needs strong regions, but the split has none")
+    check_finite("audio", data.audio)
+    check_finite("frame", data.frames)
+    check_finite("region text", data.text)
     text_index = {t: i for i, t in enumerate(data.texts)}
     regions: list[dict[str, list[tuple[float, float]]]] = [{} for _ in range(n)]
     for text, clip, onset, offset in zip(data.region_text, data.region_clip, data.onsets, data.offsets):
@@ -129,19 +153,47 @@ def temporal_report(
     }
 
 
+def world_counts(stats) -> dict[str, int]:
+    """A reader's counts (shards.records.ReadStats) summed over all ranks (collective), as {expected, read, skipped}."""
+    parts = gather_to_main({k: v for k, v in stats.as_dict().items() if k in COUNTS})
+    total = {k: sum(p[k] for p in parts) for k in COUNTS} if parts is not None else None
+    return broadcast_from_main(total)
+
+
 def _report_on_main(
-    embed: Callable[[], Any], kind: type, make_report: Callable[[Any], dict[str, float]], cache_path
+    embed: Callable[[], Any],
+    kind: type,
+    make_report: Callable[[Any], dict[str, float]],
+    cache_path,
+    stats=None,
+    allow_partial: bool = False,
 ) -> dict[str, float]:
     """Embed on every rank, merge and report on rank 0, broadcast; an error on any rank is raised on every rank.
 
     With `cache_path`, rank 0 loads the merged set from there when the file exists (then no rank embeds) and saves
-    it there after embedding otherwise.
+    it there after embedding otherwise (not when samples were skipped: a cache holds only complete splits). With the
+    reader's `stats`, the report gets the sample counts and skipped samples are a PartialDataError unless
+    `allow_partial`.
     """
     gathered = gather_embeddings(embed, cache_path)
+    counts = world_counts(stats) if stats is not None and not gathered.cached else None
+    if counts is not None and counts["skipped"] and not allow_partial:
+        raise PartialDataError(
+            f"evaluation read {counts['read']} of {counts['expected']} samples: {counts['skipped']} skipped as "
+            "corrupt (truncated or unreadable shards, bad samples; see the warnings above). Repair the split, or "
+            "report on what was read with --allow-partial (eval.allow_partial=true during training)"
+        )
     report = error = None
     if rank_world()[0] == 0:
         try:
-            report = make_report(merged_set(kind, gathered, cache_path))
+            complete = counts is None or not counts["skipped"]
+            data = merged_set(kind, gathered, cache_path if complete else None)
+            report = make_report(data)
+            if stats is not None:
+                n = len(data.keys)
+                report.update(
+                    counts or {"expected": n, "read": n, "skipped": 0}
+                )  # a cache holds complete splits
         except Exception as e:
             error = e
     report, message = broadcast_from_main((report, failure(error)))
@@ -159,18 +211,24 @@ def evaluate_retrieval(
     device: torch.device | str | None = None,
     cache_path: str | Path | None = None,
     lockstep: bool = False,
+    stats=None,
+    allow_partial: bool = False,
 ) -> dict[str, float]:
     """Text-to-audio and audio-to-text retrieval of a split; the same report on every rank.
 
     `relevance` (query caption -> relevant clip keys or file names) adds the multi-relevance t2a_multi/* figures.
     With `cache_path`, the gathered embeddings are saved there (.npz) and reused by later calls instead of the model.
-    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3).
+    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3). `stats`: the
+    shards.records.ReadStats that `batches` fill (the report then carries expected/read/skipped; skipped samples
+    are a PartialDataError unless `allow_partial`).
     """
     return _report_on_main(
         lambda: embed_retrieval(model, batches, device, lockstep),
         RetrievalSet,
         lambda data: retrieval_report(data, relevance),
         cache_path,
+        stats,
+        allow_partial,
     )
 
 
@@ -183,15 +241,20 @@ def evaluate_temporal(
     cache_path: str | Path | None = None,
     num_jobs: int = 1,
     lockstep: bool = False,
+    stats=None,
+    allow_partial: bool = False,
 ) -> dict[str, float]:
     """Temporal alignment on a strong split (see `temporal_report`); the same report on every rank.
 
     `num_jobs` processes compute PSDS1/pAUROC on rank 0 (they dominate the cost on large splits).
-    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3).
+    `lockstep`: every rank runs the same number of forwards (needed under DeepSpeed ZeRO-3). `stats` and
+    `allow_partial`: as for `evaluate_retrieval`.
     """
     return _report_on_main(
         lambda: embed_temporal(model, batches, device, text_template, lockstep),
         TemporalSet,
         lambda data: temporal_report(data, max_sed_queries, num_jobs=num_jobs),
         cache_path,
+        stats,
+        allow_partial,
     )

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from trainer import checkpoint as ckpt
-from trainer.config import Config, dump_yaml, to_dict
+from trainer.config import Config, ConfigError, dump_yaml, to_dict
 from trainer.distributed import build_accelerator, destroy
 from trainer.optim import build_optimizer, build_scheduler, rebase_schedule
-from trainer.step import move_batch, train_step
+from trainer.step import NonFiniteError, move_batch, train_step
 from trainer.stop import EXIT_PREEMPTED, StopFlag
 from trainer.tracking import MetricsLogger
 from trainer.vocab import collect_tokenizer_texts
@@ -37,23 +37,40 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg)
         self.out_dir = cfg.output_dir
         self.ckpt_root = self.out_dir / "checkpoints"
+        if self.out_dir.exists() and not self.out_dir.is_dir():  # every rank sees it: none waits for another
+            raise ConfigError(f"run.output_dir: {self.out_dir} is a file, not a folder")
         if acc.is_main_process:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "eval").mkdir(exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            try:
+                self.ckpt_root.mkdir(parents=True, exist_ok=True)
+                (self.out_dir / "eval").mkdir(exist_ok=True)
+                (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            except OSError as e:
+                raise ConfigError(f"run.output_dir: {self.out_dir} cannot be written: {e.strerror}") from None
         acc.wait_for_everyone()
 
         from accelerate.utils import set_seed
 
         set_seed(cfg.run.seed)
-        self.resume_from = ckpt.resolve_resume(cfg.train.resume, self.ckpt_root)
+        candidates, fresh_ok = ckpt.resume_candidates(cfg.train.resume, self.ckpt_root)
+        self.resume_from = self._verified(candidates)
+        if self.resume_from is None and (candidates or not fresh_ok):
+            raise ckpt.CheckpointError(ckpt.no_usable(candidates, cfg.train.resume))
         if self.resume_from is not None:
             # The tokenizer of a random-init text tower was trained at the start of the run: take the saved one.
             model = ckpt.load_model(self.resume_from)
         elif cfg.train.init_from:
             model = ckpt.load_model(cfg.train.init_from, what="train.init_from")
         else:
-            texts = collect_tokenizer_texts(cfg) if cfg.model.text.pretrained is None else None
+            texts = None
+            if cfg.model.text.pretrained is None:
+                from shards.records import ReadStats
+
+                read = ReadStats()
+                texts = collect_tokenizer_texts(cfg, stats=read)
+                if read.skipped:
+                    acc.print(
+                        f"tokenizer texts: {read.skipped} of {read.expected} samples skipped as corrupt"
+                    )
             model = build_model(cfg.model, cfg.loss, sample_rate=cfg.data.sample_rate, tokenizer_texts=texts)
         model.set_gradient_checkpointing(cfg.train.grad_checkpointing)
         counts = prepare_for_training(model, cfg, fresh=self.resume_from is None)
@@ -71,8 +88,10 @@ class Trainer:
         )
         self.step = 0
         self.resume_step = -1
+        self.saved_step = -1  # the step of the last checkpoint written or loaded: a step is never saved twice
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite values, over the whole run
         if self.resume_from is not None:
-            self._load(self.resume_from)
+            self._resume(candidates)
         self.logger = (
             MetricsLogger(self.out_dir, cfg.wandb, cfg.run.name, to_dict(cfg), self.step)
             if acc.is_main_process
@@ -81,12 +100,49 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
+    def _verified(self, candidates: list[Path]) -> Path | None:
+        """The first of `candidates` whose files match their checksums; the main process checks and reports."""
+        from trainer.distributed import broadcast_from_main
+
+        acc = self.accelerator
+        return broadcast_from_main(
+            ckpt.first_verified(candidates, acc.print) if acc.is_main_process else None
+        )
+
+    def _resume(self, candidates: list[Path]) -> None:
+        """Load self.resume_from; if that fails on any rank, the next older checkpoint that verifies, and so on."""
+        from trainer.distributed import broadcast_from_main, gather_to_main
+
+        acc, path = self.accelerator, self.resume_from
+        while path is not None:
+            error = None
+            try:
+                self._load(path)
+            except Exception as e:  # any failure: report it and fall back, never a silent fresh start
+                error = f"{type(e).__name__}: {e}"
+            errors = gather_to_main(error)
+            message = broadcast_from_main(
+                "; ".join(f"rank {r}: {m}" for r, m in enumerate(errors) if m) if errors is not None else None
+            )
+            if not message:
+                break
+            acc.print(f"checkpoint {path.name} could not be loaded, trying the next older one: {message}")
+            path = self._verified(candidates[candidates.index(path) + 1 :])
+        if path is None:
+            raise ckpt.CheckpointError(ckpt.no_usable(candidates, self.cfg.train.resume))
+        self.resume_from = path
+        if acc.is_main_process:
+            ckpt.settle_resumed(self.ckpt_root, path, self.cfg.train.keep_last, acc.print)
+        acc.wait_for_everyone()
+        acc.print(f"resumed from {path} at step {self.step}")
+
     def _load(self, path: Path) -> None:
         from shards.mixing import MixedStream
 
         state = ckpt.read_state(path)
         self.accelerator.load_state(str(path / "accelerate"))
-        self.step = self.resume_step = int(state["step"])
+        self.step = self.resume_step = self.saved_step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         data_state = ckpt.load_data_state(path, self.accelerator.process_index)
         try:
             if data_state is None:
@@ -99,22 +155,52 @@ class Trainer:
             self.stream = MixedStream(
                 self.cfg.data, rank=acc.process_index, world_size=acc.num_processes, seed=seed
             )
+            # The counts go on from the run's totals, kept on one rank (logs and checkpoints sum over ranks).
+            if acc.is_main_process:
+                self.stream.carry_counts(state.get("data_seen", {}), state.get("samples", {}))
             acc.print(f"resume: the data stream restarts (seed {seed}), its saved state does not apply: {e}")
         # This run's optim.lr and max_steps may differ from the saved run's.
         rebase_schedule(self.scheduler, self.cfg.optim.lr)
-        self.accelerator.print(f"resumed from {path} at step {self.step}")
 
-    def save(self) -> Path:
-        sources = sorted(self.stream.data_seen)
-        totals = self._world_sum([float(self.stream.data_seen[s]) for s in sources])
+    def _counts(self, extra: list[float] = ()) -> tuple[list[float], dict[str, int], dict[str, int]]:
+        """`extra` values, data_seen and the stream's read counts, each summed over all ranks (collective)."""
+        seen = self.stream.data_seen
+        sources = sorted(seen)
+        read = self.stream.read_stats.as_dict()
+        values = [*extra, *(float(seen[s]) for s in sources), *(float(v) for v in read.values())]
+        totals = self._world_sum(values)
+        n = len(extra)
+        data_seen = {s: int(v) for s, v in zip(sources, totals[n : n + len(sources)])}
+        samples = {k: int(v) for k, v in zip(read, totals[n + len(sources) :])}
+        return totals[:n], data_seen, samples
+
+    def _params_finite(self) -> bool:
+        """Whether every parameter (this rank's ZeRO-3 partition) is finite on every rank (collective)."""
+        model = self.accelerator.unwrap_model(self.model)
+        local = all(bool(torch.isfinite(getattr(p, "ds_tensor", p)).all()) for p in model.parameters())
+        return not self._any_rank(not local)
+
+    def save(self) -> Path | None:
+        """Checkpoint this step (collective); a step already saved is not saved again, non-finite weights never."""
+        if self.step == self.saved_step:
+            self.accelerator.print(f"checkpoint of step {self.step} already saved")
+            return None
+        if not self._params_finite():
+            raise NonFiniteError(
+                f"step {self.step}: the model's weights are not finite (the update of a step with a finite loss and "
+                "gradient norm overflowed); nothing was saved, the last checkpoint stays as it is. Lower optim.lr"
+            )
+        _, data_seen, samples = self._counts()
         trainer_state = {
-            "samples_seen": int(sum(totals)),  # over all ranks
+            "samples_seen": sum(data_seen.values()),  # over all ranks
             "world_size": self.accelerator.num_processes,
             "num_workers": self.cfg.data.num_workers,
-            "data_seen": {s: int(v) for s, v in zip(sources, totals)},
+            "data_seen": data_seen,
+            "samples": samples,
+            "skipped_steps": self.skipped_steps,
             "time": time.time(),
         }
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.accelerator,
             self.ckpt_root,
             self.step,
@@ -124,6 +210,9 @@ class Trainer:
             dump_yaml(self.cfg),
             self.cfg.train.keep_last,
         )
+        self.saved_step = self.step
+        self.accelerator.print(f"saved checkpoint {path}")
+        return path
 
     # -- evaluation -------------------------------------------------------------------------------------------------
 
@@ -170,20 +259,26 @@ class Trainer:
 
             progress = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         preempted = False
+        bad_streak = 0  # optimizer steps in a row with non-finite values
         self.model.train()
         try:
             while self.step < cfg.train.max_steps:
                 grad_norm = math.nan
+                skipped = bad_loss = False
+                batch_sources: list[tuple[str, str, str]] = []  # (kind, source, key) of this step's samples
                 for _ in range(cfg.train.grad_accum):
                     batch = move_batch(next(batches), acc.device)
                     last_kind = batch["kind"]
                     step = train_step(acc, self.model, self.optimizer, self.tokenize, batch, cfg)
                     result = step.loss
                     if step.grad_norm is not None:
-                        grad_norm = step.grad_norm
+                        grad_norm, skipped = step.grad_norm, step.skipped
                     for k, v in result.parts.items():
                         window.setdefault(k, []).append(v)
-                    window.setdefault("loss", []).append(result.total.item())
+                    loss = result.total.item()
+                    bad_loss = bad_loss or not math.isfinite(loss)
+                    window.setdefault("loss", []).append(loss)
+                    batch_sources += [(last_kind, s, k) for s, k in zip(batch["sources"], batch["keys"])]
                     n = batch["audio"].shape[0]
                     window_samples += n
                     window_seconds += float(batch["audio_mask"].sum()) / cfg.data.sample_rate
@@ -192,13 +287,26 @@ class Trainer:
                 self.step += 1
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{result.total.item():.3f}", kind=last_kind)
+                    progress.set_postfix(loss=f"{loss:.3f}", kind=last_kind)
+                # A non-finite loss on any rank poisoned the gradients of all (trainer.step), so `skipped` agrees over
+                # ranks. Under fp16 a skip with every loss finite is a loss-scale overflow, the scaler's business.
+                if cfg.train.mixed_precision == "fp16":
+                    bad = self._any_rank(bad_loss)
+                else:
+                    bad = skipped or bad_loss
+                self.skipped_steps += skipped
+                bad_streak = bad_streak + 1 if bad else 0
 
                 last = self.step == cfg.train.max_steps
-                if cfg.train.log_every and (self.step % cfg.train.log_every == 0 or last):
+                stopping = bad_streak > cfg.train.nan_patience
+                if cfg.train.log_every and (self.step % cfg.train.log_every == 0 or last or stopping):
                     self._log(window, window_samples, window_seconds, window_start, grad_norm, last_kind, lr)
                     window, window_samples, window_seconds = {}, 0.0, 0.0
                     window_start = time.perf_counter()
+                if stopping:
+                    raise NonFiniteError(
+                        self._nonfinite_message(bad_loss, grad_norm, bad_streak, batch_sources)
+                    )
                 if (
                     cfg.train.eval_every
                     and self.step % cfg.train.eval_every == 0
@@ -235,11 +343,36 @@ class Trainer:
             print(f"{'stopped' if preempted else 'finished'} at step {self.step}; outputs in {self.out_dir}")
         return EXIT_PREEMPTED if preempted else 0
 
+    def _nonfinite_message(self, bad_loss: bool, grad_norm: float, streak: int, batch) -> str:
+        """The one line a run stops with when it meets non-finite values (collective: names every rank's batch)."""
+        from collections import Counter
+
+        from trainer.distributed import broadcast_from_main, gather_to_main
+
+        gathered = gather_to_main((bad_loss, batch))
+        message = None
+        if gathered is not None:
+            bad_loss = any(loss for loss, _ in gathered)
+            samples = [x for _, part in gathered for x in part]
+            kinds = "/".join(sorted({kind for kind, _, _ in samples}))
+            counts = Counter(source for _, source, _ in samples)
+            keys = [key for _, _, key in samples]
+            what = "loss" if bad_loss else "gradient norm"
+            message = (
+                f"non-finite {what} at step {self.step} (grad_norm {grad_norm}) on a {kinds} batch from "
+                + ", ".join(f"{s} ({n} samples)" for s, n in sorted(counts.items()))
+                + f": {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}; "
+                + f"{streak} bad step(s) in a row, train.nan_patience={self.cfg.train.nan_patience}. "
+                + "The update was skipped and nothing was saved; the last checkpoint is "
+                + (f"step_{self.saved_step}" if self.saved_step >= 0 else "none")
+                + ". Lower optim.lr, or raise train.nan_patience to skip rare bad batches"
+            )
+        return broadcast_from_main(message)
+
     def _log(self, window, n_samples, n_seconds, start, grad_norm, kind, lr) -> None:
         acc = self.accelerator
         elapsed = max(time.perf_counter() - start, 1e-9)
-        sources = sorted(self.stream.data_seen)
-        totals = self._world_sum([n_samples, n_seconds] + [float(self.stream.data_seen[s]) for s in sources])
+        totals, data_seen, samples = self._counts([n_samples, n_seconds])
         model = acc.unwrap_model(self.model)
         record: dict[str, Any] = {
             "step": self.step,
@@ -252,7 +385,9 @@ class Trainer:
             "audio_seconds_per_s": totals[1] / elapsed,
             "grad_norm": grad_norm,
             "batch_kind": kind,
-            "data_seen": {s: int(v) for s, v in zip(sources, totals[2:])},
+            "data_seen": data_seen,
+            "samples": samples,
+            "skipped_steps": self.skipped_steps,
         }
         if "loss_temporal" in window:
             record["loss_temporal"] = _mean(window["loss_temporal"])

@@ -3,6 +3,13 @@
 `train_step` is what `trainer.loop` runs for every micro-batch and what the step benchmarks time
 (`tools.bench step`, `losses`, `gpu`), so a benchmark measures exactly the trainer's step: Accelerate's
 accumulate/autocast contexts, `compute_loss`, backward, gradient clipping (or DeepSpeed's own), optimizer step.
+
+Non-finite values never reach the weights. A micro-batch whose loss is not finite is backpropagated multiplied by
+NaN, so every gradient of its accumulation cycle becomes NaN on every rank (DDP and ZeRO average gradients over
+ranks); an optimizer step whose global gradient norm is not finite is then skipped as a whole: here for DDP, by the
+loss scaler for fp16, and by DeepSpeed's own overflow check inside its engine step (the skip fp16 training has
+always used; it is on for fp32 and, by default, bf16 ZeRO). Whether the run goes on is the loop's decision
+(train.nan_patience).
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ class StepResult:
     loss: StepLoss
     grad_norm: float | None
     """Global gradient norm before clipping when this micro-batch ended an optimizer step, else None."""
+    skipped: bool = False
+    """This micro-batch ended an optimizer step that made no update (its gradients were not finite)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training met non-finite values it cannot skip; the message names the step and the batch."""
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -133,17 +146,32 @@ def train_step(
     the "forward" (with the loss), the "backward" and the "optimizer" part, e.g. to time them on a device timeline.
     """
     norm = None
+    skipped = False
+    engine = getattr(model, "get_global_grad_norm", None) is not None  # DeepSpeed: backward also steps
     with accelerator.accumulate(model), accelerator.autocast():
         loss = compute_loss(model, tokenize, batch, cfg)
         if mark is not None:
             mark("forward")
-        accelerator.backward(loss.total)
+        finite = bool(torch.isfinite(loss.total.detach()))
+        # A non-finite loss can still have finite gradients: poison them, so the whole cycle is skipped on every rank.
+        accelerator.backward(loss.total if finite else loss.total * math.nan)
         if mark is not None:
             mark("backward")
         if accelerator.sync_gradients:
             norm = grad_norm(model, accelerator, cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            skipped = not math.isfinite(norm)
+        if skipped and not engine and accelerator.scaler is None:
+            optimizer.zero_grad(set_to_none=True)  # the update is skipped: the gradients go, the weights stay
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # DeepSpeed without ZeRO (or with its overflow check turned off) applies whatever it gets
+            if skipped and not optimizer.step_was_skipped:
+                raise NonFiniteError(
+                    f"the gradient norm is {norm} and the optimizer applied the update anyway (DeepSpeed without "
+                    "ZeRO, or bf16.check_grad_overflow=false): the weights are no longer finite"
+                )
+            skipped = skipped or (accelerator.sync_gradients and optimizer.step_was_skipped)
         if mark is not None:
             mark("optimizer")
-    return StepResult(loss, norm)
+    return StepResult(loss, norm, skipped)

@@ -26,8 +26,10 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def _clean(value: Any) -> Any:
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity" (JSON has no such numbers; null would read as
+    "not measured"); `float(s)` turns them back into floats."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     return value
@@ -57,13 +59,13 @@ class MetricsLogger:
             )
 
     def log(self, record: dict[str, Any]) -> None:
-        record = _clean(record)
-        self._file.write(json.dumps(record, sort_keys=False) + "\n")
+        self._file.write(json.dumps(_clean(record), sort_keys=False) + "\n")
         self._file.flush()
-        if self._wandb is not None:
+        if self._wandb is not None:  # wandb takes NaN and infinities as floats
             flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-            for name, n in (record.get("data_seen") or {}).items():
-                flat[f"data_seen/{name}"] = n
+            for group in ("data_seen", "samples"):
+                for name, n in (record.get(group) or {}).items():
+                    flat[f"{group}/{name}"] = n
             self._wandb.log(flat, step=record["step"])
 
     def log_eval(self, step: int, results: dict[str, Any]) -> None:

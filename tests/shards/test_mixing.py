@@ -420,7 +420,44 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, kit):
     stream = MixedStream(cfg, seed=0)
     keys = Counter(k for b in take(stream, 12) for k in b["keys"])
     assert "bad-0002" not in keys and len(keys) == 11
-    assert stream.corrupt_skipped >= 1
+    stats = stream.read_stats
+    assert stats.skipped >= 1 and stats.expected == stats.read + stats.skipped
     resumed = MixedStream(cfg, seed=0)
     resumed.load_state_dict(stream.state_dict())
-    assert resumed.corrupt_skipped == stream.corrupt_skipped
+    assert resumed.read_stats == stats
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_truncated_shard_is_skipped_and_counted_by_its_manifest_share(tmp_path, kit, workers):
+    """The stream reads past a truncated shard forever: every pass counts the manifest's rest of it as skipped."""
+    kit.write_tars(tmp_path / "cut", kit.make_samples("cut", 16, SR, seed=5), 8, SR, prefix="cut-train")
+    shard = tmp_path / "cut" / "cut-train-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])  # inside its 2nd or 3rd sample of 8
+    cfg = data_cfg(tmp_path, weak=[SourceConfig("cut", str(tmp_path / "cut"))], strong=[], strong_every=0)
+    cfg = replace(cfg, num_workers=workers)
+    stream = MixedStream(cfg, seed=0)
+    keys = Counter(k for b in take(stream, 16) for k in b["keys"])
+    stats = stream.read_stats
+    assert stats.skipped >= 5 and stats.expected == stats.read + stats.skipped
+    assert all(int(k.split("-")[1]) < 3 or int(k.split("-")[1]) >= 8 for k in keys)
+
+
+def test_counts_carry_over_to_a_stream_that_replaces_another(toy_data):
+    """A resume with another data setup starts a new stream; data_seen and the read counts go on from the old one."""
+    old = MixedStream(data_cfg(toy_data), seed=0)
+    take(old, 6)
+    seen, stats = old.data_seen, old.read_stats.as_dict()
+    new = MixedStream(data_cfg(toy_data, weak=[SourceConfig("wa", str(toy_data / "wa"), 1.0)]), seed=7)
+    new.carry_counts(seen, stats)
+    batches = take(new, 3)
+    assert new.data_seen["wb"] == seen["wb"] > 0  # no longer configured, still counted
+    assert new.data_seen["wa"] == seen["wa"] + sum(b["sources"].count("wa") for b in batches)
+    assert new.read_stats.read >= stats["read"]
+    again = MixedStream(data_cfg(toy_data, weak=[SourceConfig("wa", str(toy_data / "wa"), 1.0)]), seed=7)
+    again.load_state_dict(new.state_dict())
+    assert again.data_seen == new.data_seen and again.read_stats == new.read_stats
+
+
+def test_weak_sources_need_weak_batches(toy_data):
+    with pytest.raises(ValueError, match=r"data.weak: sources are configured but no weak batch is scheduled"):
+        MixedStream(data_cfg(toy_data, strong_every=1), seed=0)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from shards.audio import resample
 from shards.clips import crop_regions, pick_crop, read_window
 from shards.reader import iter_eval_batches
-from shards.records import iter_groups
+from shards.records import ReadStats, iter_groups, iter_samples, share
 from shards.schema import stable_id
 from shards.shardlist import ShardError, eval_parts, expand_urls, train_parts
 from shards.tarstream import TarError, iter_tar
@@ -281,11 +281,11 @@ def test_corrupt_members_are_skipped_counted_and_logged(tmp_path, caplog, kit):
         *_good(kit, 7),
     ]
     kit.write_tar(tmp_path / "bad.tar", members)
-    stats: dict = {}
+    stats = ReadStats()
     with caplog.at_level(logging.WARNING, logger="shards.records"):
         keys = eval_keys(str(tmp_path / "bad.tar"), stats=stats)
     assert keys == ["toy-0000", "toy-0002", "toy-0005", "toy-0007"]
-    assert stats == {"corrupt_skipped": 4}
+    assert stats == ReadStats(expected=8, read=4, skipped=4)
     messages = "\n".join(r.getMessage() for r in caplog.records)
     for needle in (
         "toy-0001.flac: cannot decode",
@@ -301,9 +301,80 @@ def test_truncated_shard_keeps_what_came_before(tmp_path, kit):
     data = (tmp_path / "full.tar").read_bytes()
     # each sample is 2 members of 512 header + 512 data bytes: cut inside toy-0003.flac
     (tmp_path / "cut.tar").write_bytes(data[: 3 * 2048 + 700])
-    stats: dict = {}
+    stats = ReadStats()
     assert eval_keys(str(tmp_path / "cut.tar"), stats=stats) == ["toy-0000", "toy-0001", "toy-0002"]
-    assert stats["corrupt_skipped"] == 1
+    assert stats == ReadStats(expected=4, read=3, skipped=1)  # no manifest: the lost rest counts as 1
+
+
+def damage(path: Path, how: str) -> None:
+    """Cut a shard inside its 3rd sample ("truncated"), before it on a member boundary ("boundary": the rest looks
+    like a complete tar), or replace it with something that is not a tar."""
+    with tarfile.open(path) as tar:
+        third = [m for m in tar.getmembers()][4]  # members: KEY.flac, KEY.json per sample
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: third.offset_data + 100])
+    elif how == "boundary":
+        path.write_bytes(data[: third.offset])
+    else:
+        path.write_bytes(b"<html>502 Bad Gateway</html>")
+
+
+@pytest.mark.parametrize("how", ["truncated", "boundary", "not-a-tar"])
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2)])
+def test_damaged_shard_counts_the_same_in_every_reader(tmp_path, how, world, workers):
+    """Eval batches (any ranks x workers), the tokenizer pass and verify count a damaged shard alike:
+    expected (the manifest's) = read + skipped, and the samples before the damage are kept."""
+    from shards.verify import verify_split
+    from tests.helpers import tone, toy_sample, write_split
+
+    samples = [
+        (toy_sample(f"c{i}", "train", SR, [f"caption {i}"], seconds=0.5), tone(0.5, SR, 300 + 50 * i))
+        for i in range(10)
+    ]
+    assert verify_split(write_split(tmp_path / "intact", "train", samples, SR, per_shard=6)).ok
+    folder = write_split(tmp_path, "train", samples, SR, per_shard=6)
+    damage(folder / "toy-train-000000.tar", how)
+    intact = {"truncated": 2, "boundary": 2, "not-a-tar": 0}[how]
+    want = ReadStats(expected=10, read=intact + 4, skipped=6 - intact)
+
+    total, keys = ReadStats(), []
+    for rank in range(world):
+        stats = ReadStats()
+        keys += eval_keys(str(folder), stats=stats, rank=rank, world_size=world, num_workers=workers)
+        total.add(stats)
+    assert total == want and len(keys) == want.read
+
+    stats = ReadStats()
+    assert len(list(iter_samples(str(folder), stats=stats))) == want.read
+    assert stats == want
+
+    report = verify_split(folder)
+    assert not report.ok and (report.expected, report.read, report.skipped) == (10, want.read, want.skipped)
+
+
+def test_share_hand_computed():
+    assert share((0, 0, None, 1, 0), 3, 10) == 7
+    assert share((0, 0, None, 3, 1), 0, 10) == 3  # positions 1, 4, 7
+    assert share((0, 0, None, 3, 1), 5, 10) == 1  # 7
+    assert share((0, 2, 6, 1, 0), 0, 10) == 4  # an eval part [2, 6)
+    assert share((0, 2, 6, 1, 0), 4, None) == 2
+    assert share((0, 0, None, 1, 0), 3, None) is None
+
+
+def test_texts_are_capped_and_counted(tmp_path, kit):
+    meta = kit.sample_meta("toy-0000", 0.25, SR, ["a" * 5000, "short"], [("b" * 3000, 0.0, 0.1)])
+    kit.write_tar(
+        tmp_path / "long.tar",
+        [("toy-0000.flac", kit.flac_bytes(kit.ramp(2000), SR)), ("toy-0000.json", json.dumps(meta).encode())],
+    )
+    stats = ReadStats()
+    (batch,) = iter_eval_batches(str(tmp_path / "long.tar"), sample_rate=SR, batch_size=1, stats=stats)
+    assert [len(c) for c in batch["captions"][0]] == [2000, 5] and len(batch["region_text"][0]) == 2000
+    assert stats.truncated == 2
+    stats = ReadStats()
+    (sample,) = iter_samples(str(tmp_path / "long.tar"), stats=stats, max_text_chars=100)
+    assert [len(c) for c in sample.captions] == [100, 5] and stats.truncated == 2
 
 
 class _Exploit:

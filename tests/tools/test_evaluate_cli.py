@@ -89,7 +89,7 @@ def test_format_table():
 def check_fractions(metrics: dict) -> None:
     for key, value in metrics.items():
         leaf = key.rsplit("/", 1)[-1]
-        if leaf.startswith("num_"):
+        if leaf.startswith("num_") or leaf in ("expected", "read", "skipped"):
             assert value == int(value) and value >= 0, key
         elif leaf == "medR":
             assert value >= 1, key
@@ -115,6 +115,7 @@ def test_retrieval_report_and_cache(setup, capsys):
     assert report["task"] == "retrieval" and report["sample_rate"] == SR
     metrics = report["metrics"]
     assert metrics["num_clips"] == 5 and metrics["num_captions"] == 10
+    assert (metrics["expected"], metrics["read"], metrics["skipped"]) == (5, 5, 0)
     for direction in ("t2a", "a2t", "t2a_multi"):
         for name in ("R@1", "R@5", "R@10", "mAP@10", "medR"):
             assert f"{direction}/{name}" in metrics and f"{direction}/{name}" in printed
@@ -134,11 +135,74 @@ def test_temporal_report(setup):
     assert evaluate_cli.main([*argv, "--out", str(out), "--no-cache"]) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["num_clips"] == 5 and metrics["num_sed_queries"] == 6  # beep 0..4 + silence
+    assert (metrics["expected"], metrics["read"], metrics["skipped"]) == (5, 5, 0)
     assert metrics["num_queries"] == 10
     for key in ("frame_auroc", "frame_ap", "psds1", "pauroc", "zs_acc"):
         assert key in metrics
     check_fractions(metrics)
     assert not list((setup["ckpt"] / "eval_cache").glob("temporal-*.npz"))  # --no-cache
+
+
+def truncated_copy(split, dest):
+    """A copy of `split` whose first shard is cut inside its 2nd sample (the rest of that shard is lost)."""
+    import shutil
+    import tarfile
+
+    shutil.copytree(split, dest)
+    shard = sorted(dest.glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        second = tar.getmembers()[2]
+    shard.write_bytes(shard.read_bytes()[: second.offset_data + 10])
+    return dest
+
+
+@pytest.mark.parametrize("task", ["retrieval", "temporal"])
+def test_truncated_shard_fails_unless_partial_is_allowed(setup, tmp_path, capsys, task):
+    """A split with a truncated shard used to give metrics over part of the clips with exit 0 and no word of it."""
+    split = truncated_copy(setup["weak" if task == "retrieval" else "strong"], tmp_path / "split")
+    out = tmp_path / "report.json"
+    argv = ["--checkpoint", str(setup["ckpt"]), "--data", str(split), "--task", task, "--out", str(out)]
+    cached = set((setup["ckpt"] / "eval_cache").glob("*.npz"))
+    assert evaluate_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error: evaluation read 3 of 5 samples: 2 skipped as corrupt" in err and "--allow-partial" in err
+    assert not out.exists()
+    assert evaluate_cli.main([*argv, "--allow-partial"]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert (metrics["expected"], metrics["read"], metrics["skipped"]) == (5, 3, 2)
+    assert metrics["num_clips"] == 3
+    assert "skipped" in capsys.readouterr().out  # the table shows the counts
+    # a partial split is never cached: a later run over the repaired split must read it whole
+    assert set((setup["ckpt"] / "eval_cache").glob("*.npz")) == cached
+
+
+def test_nan_checkpoint_is_a_clear_error(setup, tmp_path, capsys):
+    """Temporal evaluation of a diverged (NaN) checkpoint used to die inside sed_scores_eval."""
+    import torch
+
+    from trainer.model import AudioTextModel
+
+    model = AudioTextModel.from_pretrained(setup["ckpt"] / "model")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_9"
+    model.save_pretrained(ckpt / "model")
+    for task, split in (("temporal", setup["strong"]), ("retrieval", setup["weak"])):
+        argv = [
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(split),
+            "--task",
+            task,
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+        assert evaluate_cli.main([*argv, "--no-cache"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: the model gives non-finite") and "diverged" in err, err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_predict_cli(setup, tmp_path, capsys):

@@ -55,6 +55,18 @@ def test_flipped_bytes_are_caught(split_dir, capsys):
     assert "clotho-Santa_Motor.flac: cannot decode audio bytes" in out
 
 
+def test_truncated_shard_counts_what_a_reader_keeps(split_dir, capsys):
+    """A shard cut inside its 2nd sample: the 1st is read, the 2nd skipped, as the training/eval readers count."""
+    shard = split_dir / "clotho-development-000000.tar"
+    with tarfile.open(shard) as tar:
+        second = tar.getmembers()[2]
+    shard.write_bytes(shard.read_bytes()[: second.offset_data + 10])
+    assert main([str(split_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "read 2 of 3 expected samples intact, 1 skipped" in out.splitlines()[0]
+    assert "clotho-development-000000.tar: unreadable tar after 1 samples" in out
+
+
 def test_manifest_mismatches_are_caught(split_dir, capsys):
     manifest = manifest_of(split_dir)
     manifest["num_samples"] = 4
@@ -117,7 +129,8 @@ def test_leftovers_and_unlisted_shards_are_caught(split_dir, capsys):
     shutil.copy(split_dir / "clotho-development-000001.tar", split_dir / "clotho-development-000007.tar")
     assert main([str(split_dir), "--max-problems", "1"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"FAILED {split_dir}: 2 problem(s); 3 samples in 2 shards, 0.00 h of audio"
+    counts = "read 3 of 3 expected samples intact, 0 skipped"
+    assert out[0] == f"FAILED {split_dir}: 2 problem(s); {counts}; 3 samples in 2 shards, 0.00 h of audio"
     assert out[1:] == [
         "  clotho-development-000002.tar.tmp: stray file left by an interrupted run",
         "  ... and 1 more",

@@ -79,6 +79,15 @@ def test_override_adds_list_and_nested_sections():
         ("model.audio.name=resnet", "model.audio.name"),
         ("bogus.key=1", "bogus"),
         ("noequals", "key=value"),
+        ("data.sample_rate=1", "data.sample_rate: 1 Hz is too low"),
+        ("data.clip_seconds=0.0001", "data.clip_seconds: 0.0001 s is shorter"),
+        ("data.max_text_chars=0", "data.max_text_chars"),
+        ("train.nan_patience=-1", "train.nan_patience"),
+        ("eval.retrieval.0.max_samples=0", "eval.retrieval.0.max_samples"),
+        ("optim.lr=nan", "optim.lr"),
+        # every batch strong: the weak source would silently never be read
+        ("data.strong_every=1", "data.strong_every=1 makes every batch strong, so the weak sources"),
+        ("data.strong_prob=1.0", "data.strong_prob=1 makes every batch strong"),
     ],
 )
 def test_bad_overrides_name_the_key(override, names):

@@ -22,7 +22,13 @@ from tests.helpers import ROOT, train_overrides
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 
 
-def run_trainer(overrides: list[str], nproc: int = 1, launcher: str = "python", timeout: int = 600):
+def run_trainer(
+    overrides: list[str],
+    nproc: int = 1,
+    launcher: str = "python",
+    timeout: int = 600,
+    env: dict | None = None,
+):
     if launcher == "python":
         cmd = [sys.executable, "-m", "trainer", DEBUG]
     elif launcher == "torchrun":
@@ -46,7 +52,7 @@ def run_trainer(overrides: list[str], nproc: int = 1, launcher: str = "python", 
             str(nproc),
         ]
         cmd += ["--num_machines", "1", "--main_process_port", "29517", "-m", "trainer", DEBUG]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd + overrides, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
@@ -363,4 +369,197 @@ def test_resume_with_another_data_setup_restarts_the_stream(tiny_shards, tmp_pat
     proc = run_trainer(train_overrides(tiny_shards, run, **{"train.max_steps": 3, "data.weak": extra_source}))
     check(proc)
     assert "data stream restarts" in proc.stdout + proc.stderr
-    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    records = metrics(run)
+    assert [m["step"] for m in records] == [1, 2, 3]
+    # data_seen goes on counting over the restart (it used to start again from 0)
+    assert records[1]["data_seen"] == {"clotho": 4, "tacos": 4}
+    seen = records[2]["data_seen"]
+    assert seen["tacos"] == 4 and seen["clotho"] + seen["more"] == 8 and seen["clotho"] >= 4
+    assert records[2]["samples"]["read"] >= records[1]["samples"]["read"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reliability: non-finite values, damaged and interrupted checkpoints, corrupt shards, hostile config values
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def finite_weights(checkpoint: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    files = [checkpoint / "model" / "model.safetensors", checkpoint / "accelerate" / "model.safetensors"]
+    files = [f for f in files if f.is_file()]  # under DeepSpeed, accelerate/ holds a DeepSpeed checkpoint
+    return all(bool(torch.isfinite(t).all()) for f in files for t in load_file(f).values())
+
+
+def test_nan_stops_with_one_line_and_keeps_the_last_finite_checkpoint(tiny_shards, tmp_path):
+    """optim.lr=1e6 on configs/debug.yaml: the loss is NaN from step 2. It used to train on to the end (exit 0), log
+    null, save NaN checkpoints and prune the finite ones."""
+    run = tmp_path / "nan"
+    extra = {"optim.lr": 1e6, "train.max_steps": 12, "train.save_every": 1, "train.keep_last": 1}
+    proc = run_trainer(train_overrides(tiny_shards, run, **extra))
+    check(proc, 1)
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        "error: non-finite loss at step 2 (grad_norm nan) on a strong batch from tacos (4 samples)"
+    )
+    assert "train.nan_patience=0" in error and "the last checkpoint is step_1" in error
+    records = metrics(run)
+    assert [m["step"] for m in records] == [1, 2]
+    assert (
+        records[1]["loss"] == "NaN"
+        and records[1]["loss_strong"] == "NaN"
+        and records[1]["grad_norm"] == "NaN"
+    )
+    assert records[1]["skipped_steps"] == 1
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_1"]
+    assert finite_weights(ckpts / "latest")
+
+
+@pytest.mark.parametrize("launcher", ["python", "ddp", "zero2", "zero3"])
+def test_non_finite_steps_are_skipped_up_to_the_patience(tiny_shards, tmp_path, launcher):
+    """loss.strong_weight=1e39 makes every strong loss infinite and leaves weak ones finite: with nan_patience=1 each
+    strong step is skipped (no update: the logit scale stays put) and the run finishes with finite weights, under
+    DDP and DeepSpeed alike (its engine skips the step through its own overflow check)."""
+    run = tmp_path / launcher
+    extra = {"loss.strong_weight": 1e39, "train.nan_patience": 1, "train.max_steps": 4, "train.save_every": 0}
+    if launcher.startswith("zero"):
+        extra["train.deepspeed"] = f"configs/deepspeed/{launcher}.json"
+    nproc = 1 if launcher == "python" else 2
+    check(
+        run_trainer(train_overrides(tiny_shards, run, **extra), nproc, "python" if nproc == 1 else "torchrun")
+    )
+    records = metrics(run)
+    assert [m["loss"] == "Infinity" for m in records] == [False, True, False, True]  # strong_every=2
+    assert records[1]["logit_scale"] == records[0]["logit_scale"]  # step 2 made no update
+    assert records[3]["logit_scale"] == records[2]["logit_scale"]
+    assert records[2]["logit_scale"] != records[1]["logit_scale"]  # step 3 did
+    assert records[-1]["skipped_steps"] == 2
+    state = json.loads((run / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["skipped_steps"] == 2
+    assert finite_weights(run / "checkpoints" / "latest")
+    if launcher == "zero2":  # patience 0: every rank stops at step 2, nothing saved
+        stopped = tmp_path / "zero2-stop"
+        proc = run_trainer(
+            train_overrides(tiny_shards, stopped, **{**extra, "train.nan_patience": 0}), 2, "torchrun"
+        )
+        check(proc, 1)
+        assert proc.stderr.count("error: non-finite loss at step 2") == 2  # one line per rank, the same
+        assert not list((stopped / "checkpoints").glob("step_*"))
+
+
+def test_signal_right_after_a_periodic_save_saves_once(tiny_shards, tmp_path):
+    """A stop signal arriving right after the periodic save of step 3 used to save step 3 again, removing the
+    checkpoint `latest` pointed at before renaming the new one."""
+    run = tmp_path / "term"
+    env_fault = {"SONOTEXT_CHECKPOINT_FAULT": "term:saved@3"}
+    extra = {"train.max_steps": 50, "train.save_every": 3, "train.keep_last": 1}
+    proc = run_trainer(train_overrides(tiny_shards, run, **extra), env=env_fault)
+    check(proc, 75)
+    out = proc.stdout + proc.stderr
+    assert out.count("saved checkpoint") == 1 and "checkpoint of step 3 already saved" in out
+    assert (run / "checkpoints" / "latest").resolve().name == "step_3"
+
+
+def test_killed_between_rename_and_link_resumes_from_the_new_checkpoint(tiny_shards, tmp_path):
+    """keep_last=1 and a SIGKILL inside the save of step 4: the next run resumes from step 4, never from 0."""
+    run = tmp_path / "kill"
+    extra = {"train.max_steps": 6, "train.save_every": 2, "train.keep_last": 1}
+    proc = run_trainer(
+        train_overrides(tiny_shards, run, **extra), env={"SONOTEXT_CHECKPOINT_FAULT": "renamed@4"}
+    )
+    check(proc, -signal.SIGKILL)
+    resumed = run_trainer(train_overrides(tiny_shards, run, **extra))
+    check(resumed)
+    assert (
+        "resumed from" in resumed.stdout + resumed.stderr and "at step 4" in resumed.stdout + resumed.stderr
+    )
+    assert [m["step"] for m in metrics(run)] == list(range(1, 7))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_6"]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_next_older(tiny_shards, tmp_path):
+    """A deleted random_states_0.pkl used to resume silently (and no longer exactly); now the next older checkpoint
+    is used, with one line saying why, and the damaged one is set aside. None usable: an error, not step 0."""
+    run = tmp_path / "damaged"
+    extra = {"train.max_steps": 4, "train.save_every": 2, "train.keep_last": 2}
+    check(run_trainer(train_overrides(tiny_shards, run, **extra)))
+    ckpts = run / "checkpoints"
+    (ckpts / "step_4" / "accelerate" / "random_states_0.pkl").unlink()
+    resumed = run_trainer(train_overrides(tiny_shards, run, **{**extra, "train.max_steps": 6}))
+    check(resumed)
+    out = resumed.stdout + resumed.stderr
+    assert "checkpoint step_4 is not usable, trying the next older one" in out
+    assert "accelerate/random_states_0.pkl is missing" in out and "at step 2" in out
+    assert (ckpts / "step_4.unusable").is_dir() and (ckpts / "latest").resolve().name == "step_6"
+    straight = tmp_path / "straight"
+    check(run_trainer(train_overrides(tiny_shards, straight, **{**extra, "train.max_steps": 6})))
+    assert_same_losses(losses(straight), losses(run))  # the fallback resumed exactly
+    # a checkpoint that verifies but does not load (its checksums were rewritten over a broken file) falls back too
+    optimizer = ckpts / "step_6" / "accelerate" / "optimizer.bin"
+    optimizer.write_bytes(b"not a torch file")
+    from trainer.checkpoint import write_checksums
+
+    write_checksums(ckpts / "step_6")
+    resumed = run_trainer(train_overrides(tiny_shards, run, **{**extra, "train.max_steps": 6}))
+    check(resumed)
+    assert (
+        "checkpoint step_6 could not be loaded, trying the next older one" in resumed.stdout + resumed.stderr
+    )
+    for step in ckpts.glob("step_*"):
+        if step.is_dir():
+            (step / "accelerate" / "random_states_0.pkl").unlink(missing_ok=True)
+    proc = run_trainer(train_overrides(tiny_shards, run, **{**extra, "train.max_steps": 8}))
+    check(proc, 2)
+    assert (
+        "error: train.resume=auto: no usable checkpoint" in proc.stderr and "train.resume=null" in proc.stderr
+    )
+
+
+def test_corrupt_training_shards_are_skipped_and_counted(tiny_shards, tmp_path):
+    """A truncated and a non-tar shard used to crash the run before step 1 (a raw TarError in the tokenizer pass)."""
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(tiny_shards, data)
+    dev = sorted((data / "clotho" / "development").glob("*.tar"))
+    dev[0].write_bytes(dev[0].read_bytes()[: dev[0].stat().st_size // 3])
+    dev[1].write_bytes(b"<html>404</html>")
+    run = tmp_path / "run"
+    check(run_trainer(train_overrides(data, run, **{"train.max_steps": 4})))
+    counts = metrics(run)[-1]["samples"]
+    assert counts["skipped"] > 0 and counts["expected"] == counts["read"] + counts["skipped"]
+    state = json.loads((run / "checkpoints" / "latest" / "trainer_state.json").read_text())
+    assert state["samples"] == counts
+
+
+def test_output_dir_that_is_a_file_is_one_line(tiny_shards, tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_trainer(train_overrides(tiny_shards, tmp_path / "file"))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"error: run.output_dir: {tmp_path / 'file'} is a file, not a folder"
+    )
+
+
+def test_corrupt_evaluation_split_during_training(tiny_shards, tmp_path):
+    """In-training evaluation of a split with a truncated shard stops the run with one line, or, with
+    eval.allow_partial, reports on what was read with SET/expected, SET/read and SET/skipped."""
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(tiny_shards, data)
+    (shard,) = sorted((data / "clotho" / "evaluation").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    extra = {"train.max_steps": 2, "train.eval_every": 2, "train.save_every": 0}
+    partial = tmp_path / "partial"
+    check(run_trainer(train_overrides(data, partial, **extra, **{"eval.allow_partial": "true"})))
+    report = json.loads((partial / "eval" / "step_2.json").read_text())
+    counts = [report[f"clotho-evaluation/{k}"] for k in ("expected", "read", "skipped")]
+    assert counts[0] == counts[1] + counts[2] and counts[2] > 0
+    assert report["tacos-test/skipped"] == 0
+    proc = run_trainer(train_overrides(data, tmp_path / "strict", **extra))
+    check(proc, 1)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: evaluation read ")

@@ -98,5 +98,5 @@ def test_a_server_that_dies_mid_run_is_retried_then_its_shards_are_skipped(tmp_p
     skipped = 0
     for rank in range(2):
         state = torch.load(run / "checkpoints" / "latest" / "data" / f"rank_{rank}.pt", weights_only=False)
-        skipped += sum(w["unreadable_shards"] for w in state["workers"] if w is not None)
+        skipped += sum(w["stats"]["unreadable_shards"] for w in state["workers"] if w is not None)
     assert skipped >= 1
