@@ -4,7 +4,8 @@ and the similarity of texts with every frame of a clip over time.
 Everything runs in batches, in eval mode without autograd, on the model's device and in its dtype; results come back
 as float32 CPU tensors. Files are decoded and resampled to the model's rate by shards.audio (soxr, as the converters
 do); waveforms at another rate are resampled the same way. Clips of one batch are zero-padded to the longest and
-masked, so a clip's embedding does not depend on what it is batched with (up to float rounding).
+masked; padding moves a shorter clip's embedding only slightly (its last spectrogram frames see zeros instead of
+reflected audio), and clips of equal length (a dataset of 5 s clips) are unaffected.
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def audio_batch(
     return pad_batch([load_clip(item, sample_rate, rate, max_seconds) for item in items])
 
 
-def _chunks(items: Sequence[Any], size: int, progress: bool, desc: str) -> Iterator[Sequence[Any]]:
+def _chunks(
+    items: Sequence[Any], size: int, progress: bool, desc: str
+) -> Iterator[tuple[int, Sequence[Any]]]:
+    """(start index, items[start : start + size]) over `items`, with a tqdm bar when `progress`."""
     if size <= 0:
         raise ValueError(f"batch_size: must be > 0, got {size}")
     starts = range(0, len(items), size)
@@ -107,7 +111,7 @@ def _chunks(items: Sequence[Any], size: int, progress: bool, desc: str) -> Itera
 
         starts = tqdm(starts, desc=desc, unit="batch", total=len(starts))
     for i in starts:
-        yield items[i : i + size]
+        yield i, items[i : i + size]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -127,14 +131,27 @@ def evaluating(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _audio_forward(model, items, sample_rate, batch_size, max_seconds, progress, desc):
+def _audio_forward(model, items, sample_rate, batch_size, max_seconds, progress, skipped=None):
+    """(indices into items, model output) per batch. With a `skipped` list, files that cannot be decoded are left
+    out and listed there as (path, reason); without one they raise."""
+    from shards.audio import AudioError
     from trainer.embed import forward_batch
 
     device = model_device(model)
     with evaluating(model):
-        for chunk in _chunks(items, batch_size, progress, desc):
-            batch = audio_batch(chunk, sample_rate, model.sample_rate, max_seconds)
-            yield forward_batch(model, batch, None, device)
+        for start, chunk in _chunks(items, batch_size, progress, "audio"):
+            clips, index = [], []
+            for i, item in enumerate(chunk, start):
+                try:
+                    clips.append(load_clip(item, sample_rate, model.sample_rate, max_seconds))
+                except AudioError as e:
+                    if skipped is None:
+                        raise
+                    skipped.append((str(item), str(e)))
+                    continue
+                index.append(i)
+            if clips:
+                yield index, forward_batch(model, pad_batch(clips), None, device)
 
 
 def embed_audio(
@@ -146,12 +163,26 @@ def embed_audio(
     progress: bool = False,
 ) -> Tensor:
     """[N, D] L2-normalised clip embeddings of `audio` (paths, waveforms at `sample_rate`, or a [B, N] batch)."""
-    items = as_items(audio)
-    parts = [
-        out.audio_clip.float().cpu()
-        for out in _audio_forward(model, items, sample_rate, batch_size, max_seconds, progress, "audio")
-    ]
-    return torch.cat(parts)
+    outputs = _audio_forward(model, as_items(audio), sample_rate, batch_size, max_seconds, progress)
+    return torch.cat([out.audio_clip.float().cpu() for _, out in outputs])
+
+
+def embed_files(
+    model,
+    paths: Sequence[str | Path],
+    batch_size: int = 16,
+    max_seconds: float | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, list[int], list[tuple[str, str]]]:
+    """Clip embeddings of many files, going on past files that cannot be decoded: (embeddings [K, D] of the files
+    that could be, their indices in `paths`, (path, reason) for each of the others)."""
+    skipped: list[tuple[str, str]] = []
+    parts, kept = [], []
+    for index, out in _audio_forward(model, list(paths), None, batch_size, max_seconds, progress, skipped):
+        parts.append(out.audio_clip.float().cpu())
+        kept += index
+    embeddings = torch.cat(parts) if parts else torch.zeros(0, model.model_config.embed_dim)
+    return embeddings, kept, skipped
 
 
 def embed_text(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> Tensor:
@@ -166,7 +197,7 @@ def embed_text(model, texts: Sequence[str], batch_size: int = 64, progress: bool
     device = model_device(model)
     parts = []
     with evaluating(model):
-        for chunk in _chunks(texts, batch_size, progress, "text"):
+        for _, chunk in _chunks(texts, batch_size, progress, "text"):
             parts.append(forward_batch(model, None, chunk, device).text.float().cpu())
     return torch.cat(parts)
 
@@ -183,9 +214,7 @@ def frame_scores(
     """For each clip of `audio`: the cosine similarity of every text with every real-audio frame, with frame times."""
     text = embed_text(model, texts)
     results = []
-    for out in _audio_forward(
-        model, as_items(audio), sample_rate, batch_size, max_seconds, progress, "audio"
-    ):
+    for _, out in _audio_forward(model, as_items(audio), sample_rate, batch_size, max_seconds, progress):
         frames = out.audio_frames.float().cpu()
         rate = float(out.frame_rate)
         for emb, mask in zip(frames, out.frame_mask.cpu()):
