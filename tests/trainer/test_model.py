@@ -151,7 +151,8 @@ def test_windowed_backends_tile_time(name):
     """Long input = consecutive windows on one time grid: a sound in window 2 leaves window 1's frames alone."""
     torch.manual_seed(0)
     encoder = build_audio_encoder(AudioModelConfig(name=name, **TINY, **AUDIO[name]), 16000).eval()
-    if name == "clap_htsat":  # windows of (frames - 1) hops: each a clip of its own, as CLAP's extractor sees one
+    # HTSAT windows are (frames - 1) hops of audio, each a clip of its own as CLAP's extractor sees one.
+    if name == "clap_htsat":
         window_s = encoder.backend.window_samples / encoder.backend.sample_rate
     else:
         per_window = encoder.backend.window_hop if name == "ast" else encoder.backend.window

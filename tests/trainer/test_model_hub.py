@@ -173,7 +173,7 @@ def test_checkpoint_dirs_and_training_summary_in_the_card(saved, tmp_path):
         "3 optimizer steps, 96 samples seen",
         "| weak | clotho | 2.0 | 60 | `shards/clotho/development` |",
         "| strong | tacos | 1.0 | 36 |",
-        "Every 2. batch is strong",
+        "Every 2nd batch is strong",
         "at step 2",
         "| clotho-eval/t2a | R@1 | 0.2500 |",
         'AudioTextModel.from_pretrained("org/tiny")',

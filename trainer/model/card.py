@@ -18,6 +18,11 @@ def _value(x: Any) -> str:
     return str(x)
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _towers(model: Mapping[str, Any]) -> list[str]:
     cfg = model["model"]
     audio, text = cfg["audio"], cfg["text"]
@@ -63,7 +68,9 @@ def _training(training: Mapping[str, Any]) -> list[str]:
                     f"\nEach batch is strong (time-aligned captions) with probability {mixture['strong_prob']}."
                 )
             elif mixture.get("strong_every"):
-                lines.append(f"\nEvery {mixture['strong_every']}. batch is strong (time-aligned captions).")
+                lines.append(
+                    f"\nEvery {_ordinal(int(mixture['strong_every']))} batch is strong (time-aligned captions)."
+                )
     return lines
 
 
