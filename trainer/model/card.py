@@ -30,6 +30,7 @@ def _towers(model: Mapping[str, Any]) -> list[str]:
     head = heads.get("audio", {}).get("kind", "linear")
     if head == "mlp":
         head = f"MLP (linear-{heads['audio'].get('activation')}-linear)"
+    scale = f"logit scale {model['logit_scale']:.4g}" if model.get("logit_scale") is not None else ""
     lines = [
         "| part | backbone | initialised from | details |",
         "|---|---|---|---|",
@@ -37,8 +38,7 @@ def _towers(model: Mapping[str, Any]) -> list[str]:
         f"frames at {model['frame_rate']:.4g} per second |",
         f"| text | `{text['name']}` | {text.get('pretrained') or 'random init'} | pooling `{model['text_pooling']}`, "
         f"max {text['max_length']} tokens |",
-        f"| joint space | {model['embed_dim']}-d, L2-normalised | projection heads: {head} | "
-        f"logit scale {model['logit_scale']:.4g} |",
+        f"| joint space | {model['embed_dim']}-d, L2-normalised | projection heads: {head} | {scale} |",
     ]
     return lines
 

@@ -199,8 +199,15 @@ class AudioTextModel(nn.Module):
     # Saving and loading
     # -----------------------------------------------------------------------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
-        """What the model says about itself: the content of its config.json (and the basis of its model card)."""
+    def describe(self, state_dict: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+        """What the model says about itself: the content of its config.json (and the basis of its model card).
+
+        The logit scale is read from `state_dict` when given (a ZeRO-3 run's consolidated weights: this runs on the
+        main process alone, where gathering the partitioned parameter would wait for the other ranks forever).
+        """
+        source = state_dict if state_dict is not None else {"log_logit_scale": self.log_logit_scale.detach()}
+        log_scale = source["log_logit_scale"]
+        scale = float(log_scale.float().exp().clamp(max=self.max_logit_scale)) if log_scale.numel() else None
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -210,7 +217,7 @@ class AudioTextModel(nn.Module):
             "embed_dim": self.model_config.embed_dim,
             "init_logit_scale": self.init_logit_scale,
             "max_logit_scale": self.max_logit_scale,
-            "logit_scale": self.logit_scale_value(),
+            "logit_scale": scale,
             "text_pooling": self.text_encoder.pooling,
             "heads": {side: spec.to_dict() for side, spec in self.head_specs.items()},
         }
@@ -232,7 +239,7 @@ class AudioTextModel(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = self.describe()
+        meta = self.describe(state_dict)
         if self.model_config.audio.pretrained is not None:
             save_audio_backbone(self.audio_encoder, directory / "audio_backbone")
         if self.model_config.text.pretrained is not None:
