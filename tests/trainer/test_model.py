@@ -428,7 +428,7 @@ def test_random_model_round_trip(tmp_path):
         out2 = again(audio, mask, **again.tokenize(CAPTIONS))
     for key in ("audio_clip", "audio_frames", "text"):
         torch.testing.assert_close(out2[key], out[key], atol=0, rtol=0)
-    with pytest.raises(FileNotFoundError, match="missing: no such folder"):
+    with pytest.raises(FileNotFoundError, match="missing: not a directory"):
         AudioTextModel.from_pretrained(tmp_path / "missing")
     # An explicit state dict (e.g. consolidated from ZeRO-3 shards) is what gets saved.
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -307,7 +307,7 @@ def test_format_1_folder_with_pretrained_towers_loads(tmp_path):
 
 
 def test_bad_names_are_one_clear_line(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"--checkpoint runs/x/checkpoints/step_1: no such folder"):
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint runs/x/checkpoints/step_1: not a directory"):
         AudioTextModel.from_pretrained("runs/x/checkpoints/step_1", what="--checkpoint")
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="holds no saved model"):

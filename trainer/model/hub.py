@@ -19,6 +19,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from trainer.checkpoint import CheckpointError
+
 MODEL_TYPE = "sonotext"
 FORMAT = "sonotext-audio-text"
 FORMAT_VERSION = 2
@@ -30,6 +32,10 @@ PREPROCESSOR_NAME = "preprocessor_config.json"
 LEGACY_TOKENIZER_DIR = "tokenizer"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+    """No saved model under that name: neither a local folder nor a hub id that can be fetched (or is cached)."""
 
 
 class SonotextConfig(PretrainedConfig):
@@ -72,7 +78,7 @@ def locate(
     if path.exists():
         return model_dir(path, what)
     if not is_hub_id(str(name_or_path)):
-        raise FileNotFoundError(f"{what} {name_or_path}: no such folder (and not a hub id ORG/NAME)")
+        raise ModelNotFoundError(f"{what} {name_or_path}: not a directory (and not a hub id ORG/NAME)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -86,7 +92,7 @@ def locate(
         )
     except (LocalEntryNotFoundError, HfHubHTTPError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"{what} {name_or_path}: no such local folder, and not available as a hub id: {reason}"
         ) from None
     return model_dir(folder, what)
