@@ -14,9 +14,27 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+"""File types the tools look for in audio folders (what libsndfile decodes)."""
+
 
 class AudioError(ValueError):
     """Audio that cannot be used (missing, empty, undecodable); the message says which and why."""
+
+
+def list_audio_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Audio files (by suffix, any case) in `folder`, or in it and all its subfolders; sorted by relative path,
+    hidden files (".name", e.g. macOS "._x.wav" resource forks) left out."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = [
+        p
+        for p in found
+        if p.is_file()
+        and p.suffix.lower() in AUDIO_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ real HTTP server on 127.0.0.1 (tools.serve) that drops or stalls connections whe
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -287,3 +288,134 @@ def serve_then_die(root: str, die_after: int) -> None:
     server = ShardServer(Path(root), handler=Dying)
     print(f"serving {server.root} at {server.url}/", flush=True)
     server.serve_forever()
+
+
+CLAP_CAPTIONS = (
+    "a dog barks twice",
+    "rain falls on a tin roof",
+    "a car passes by followed by a horn",
+    "birds chirp in the morning",
+    "a tone at 440 hertz",
+    "a steady beep",
+)
+
+
+def save_tiny_clap(path: Path, fused: bool = False, seed: int = 1, logit_scale: float = 20.0):
+    """A tiny full CLAP checkpoint (transformers ClapModel: HTSAT + RoBERTa-style text, both projection heads and the
+    logit scales) saved as laion/clap-htsat-* are: weights, ClapFeatureExtractor settings (48 kHz, 2 s windows,
+    16 mels) and a tokenizer built offline. `fused` is the clap-htsat-fused variant. Returns (model, extractor,
+    tokenizer)."""
+    import torch
+    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+
+    from trainer.model.text import train_tokenizer
+
+    torch.manual_seed(seed)
+    audio = ClapAudioConfig(
+        num_mel_bins=16,
+        spec_size=64,
+        patch_embeds_hidden_size=16,
+        hidden_size=32,
+        depths=[1, 1],
+        num_attention_heads=[2, 4],
+        **({"enable_fusion": True, "fusion_type": "aff_2d"} if fused else {}),
+    )
+    text = ClapTextConfig(
+        vocab_size=400, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    config = ClapConfig(
+        text_config=text.to_dict(),
+        audio_config=audio.to_dict(),
+        projection_dim=16,
+        logit_scale_init_value=logit_scale,
+    )
+    model = ClapModel(config).eval()
+    extractor = ClapFeatureExtractor(
+        feature_size=16, max_length_s=2, truncation="fusion" if fused else "rand_trunc", padding="repeatpad"
+    )
+    tokenizer = train_tokenizer(CLAP_CAPTIONS, 400, 16, "roberta")
+    model.save_pretrained(path)
+    extractor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, extractor, tokenizer
+
+
+@contextlib.contextmanager
+def serve_hub(repos: Mapping[str, Path]) -> Iterator[tuple[str, list[str]]]:
+    """A Hugging Face hub on loopback serving model repositories {repo_id: folder} (revision "main"), with the
+    endpoints huggingface_hub's snapshot_download uses: repo info, the file tree, and file HEAD/GET with the
+    commit and ETag headers. Yields (endpoint URL for HF_ENDPOINT, the list of requests received)."""
+    import hashlib
+    import json
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import unquote, urlparse
+
+    commits = {repo: hashlib.sha1(repo.encode()).hexdigest() for repo in repos}
+    requests: list[str] = []
+
+    def files(repo: str) -> list[str]:
+        root = Path(repos[repo])
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def reply(self, code: int, body: bytes = b"", headers: Mapping[str, str] | None = None) -> None:
+            self.send_response(code)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def route(self) -> None:
+            requests.append(f"{self.command} {self.path}")
+            path = unquote(urlparse(self.path).path)
+            api = re.match(r"^/api/models/([^/]+/[^/]+)/(revision|tree)/[^/]+", path)
+            if api and api.group(1) in repos:
+                repo = api.group(1)
+                if api.group(2) == "revision":
+                    info = {
+                        "id": repo,
+                        "sha": commits[repo],
+                        "siblings": [{"rfilename": f} for f in files(repo)],
+                    }
+                else:
+                    root = Path(repos[repo])
+                    info = [
+                        {
+                            "type": "file",
+                            "path": f,
+                            "size": (root / f).stat().st_size,
+                            "oid": hashlib.sha1((root / f).read_bytes()).hexdigest(),
+                        }
+                        for f in files(repo)
+                    ]
+                return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+            resolve = re.match(r"^/([^/]+/[^/]+)/resolve/[^/]+/(.+)$", path)
+            if (
+                resolve
+                and resolve.group(1) in repos
+                and (Path(repos[resolve.group(1)]) / resolve.group(2)).is_file()
+            ):
+                data = (Path(repos[resolve.group(1)]) / resolve.group(2)).read_bytes()
+                etag = f'"{hashlib.sha1(data).hexdigest()}"'
+                return self.reply(200, data, {"X-Repo-Commit": commits[resolve.group(1)], "ETag": etag})
+            code = "EntryNotFound" if resolve and resolve.group(1) in repos else "RepoNotFound"
+            self.reply(404, b"{}", {"X-Error-Code": code})
+
+        do_GET = do_HEAD = route
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg"}
-
 
 def read_queries(path: Path) -> list[str]:
     """The non-empty `caption` column of a CSV; an error names the file when the column or the queries are missing."""
@@ -36,9 +34,11 @@ def read_queries(path: Path) -> list[str]:
 
 def list_audio(folder: Path) -> list[Path]:
     """Audio files directly inside `folder`, sorted by name."""
+    from shards.audio import AUDIO_SUFFIXES, list_audio_files
+
     if not folder.is_dir():
         raise FileNotFoundError(f"--audio-dir {folder}: not a directory")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = list_audio_files(folder)
     if not files:
         raise ValueError(f"--audio-dir {folder}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
     return files
@@ -46,21 +46,9 @@ def list_audio(folder: Path) -> list[Path]:
 
 def load_batch(paths: Sequence[Path], sample_rate: int, max_seconds: float | None) -> dict[str, torch.Tensor]:
     """Decoded, resampled clips padded into {"audio" [B, N], "audio_mask" [B, N]}."""
-    from shards.audio import read_audio
+    from trainer.model.inference import audio_batch
 
-    clips = []
-    for path in paths:
-        x, _ = read_audio(path, sample_rate)
-        if max_seconds is not None:
-            x = x[: round(max_seconds * sample_rate)]
-        clips.append(x)
-    n = max(len(x) for x in clips)
-    audio = torch.zeros(len(clips), n)
-    mask = torch.zeros(len(clips), n, dtype=torch.bool)
-    for i, x in enumerate(clips):
-        audio[i, : len(x)] = torch.from_numpy(x)
-        mask[i, : len(x)] = True
-    return {"audio": audio, "audio_mask": mask}
+    return audio_batch(paths, None, sample_rate, max_seconds)
 
 
 def predict(

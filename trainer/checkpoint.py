@@ -313,14 +313,15 @@ def model_dir(path: str | Path, what: str = "checkpoint") -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", what: str = "checkpoint"):
-    """The AudioTextModel saved in a checkpoint (or a saved model folder), on `device`; a checkpoint's model files
-    are checked against its checksums first."""
+    """The AudioTextModel saved in a checkpoint, a saved model folder or under a hub id (cached), on `device`; a
+    local checkpoint's model files are checked against its checksums first."""
     from trainer.model import AudioTextModel
 
-    folder = model_dir(path, what)
-    if folder.name == MODEL_DIR and (folder.parent / CHECKSUMS).is_file():
-        verify_checkpoint(folder.parent, only=MODEL_DIR)
-    return AudioTextModel.from_pretrained(folder, device=device)
+    if Path(path).is_dir():
+        folder = model_dir(path, what)
+        if folder.name == MODEL_DIR and (folder.parent / CHECKSUMS).is_file():
+            verify_checkpoint(folder.parent, only=MODEL_DIR)
+    return AudioTextModel.from_pretrained(path, device=device, what=what)
 
 
 def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
@@ -330,6 +331,34 @@ def checkpoint_config(checkpoint: Path) -> dict[str, Any]:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
             return loaded if isinstance(loaded, dict) else {}
     return {}
+
+
+def training_summary(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint tells about its run, for a model card: `step`, `samples_seen`, `data_seen` (per source),
+    `mixture` (data.weak/strong with weights, strong_every, strong_prob of its config) and `eval`, the last report
+    RUN/eval/step_M.json with M <= step. {} for a saved model folder that is not part of a checkpoint."""
+    path = Path(path).resolve()
+    if path.name == MODEL_DIR and (path.parent / STATE_FILE).is_file():
+        path = path.parent
+    if not (path / STATE_FILE).is_file():
+        return {}
+    state = read_state(path)
+    step = int(state["step"])
+    data = checkpoint_config(path).get("data", {})
+    summary: dict[str, Any] = {
+        "step": step,
+        "samples_seen": state.get("samples_seen"),
+        "data_seen": state.get("data_seen", {}),
+        "mixture": {k: data.get(k) for k in ("weak", "strong", "strong_every", "strong_prob") if k in data},
+    }
+    reports = []
+    for report in (path.parent.parent / "eval").glob("step_*.json"):
+        m = STEP_DIR.match(report.stem)
+        if m and int(m.group(1)) <= step:
+            reports.append((int(m.group(1)), report))
+    if reports:
+        summary["eval"] = json.loads(max(reports)[1].read_text(encoding="utf-8"))
+    return summary
 
 
 def checkpoint_sample_rate(checkpoint: Path, given: int | None = None, model=None) -> int:

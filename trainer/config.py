@@ -166,8 +166,13 @@ class ModelConfig:
     """Audio tower."""
     text: TextModelConfig = field(default_factory=TextModelConfig)
     """Text tower."""
-    embed_dim: int = 64
-    """Dimension of the joint embedding space (projection heads output, L2-normalised)."""
+    embed_dim: int | None = None
+    """Dimension of the joint embedding space (projection heads output, L2-normalised). null: 64 for new heads, the
+    checkpoint's own with kept heads (keep_heads); a number must then equal it."""
+    keep_heads: bool = True
+    """When both towers come from one checkpoint that ships projection heads and a logit scale (a full CLAP model:
+    audio_projection, text_projection, logit_scale_a), start from them instead of new random heads and
+    loss.init_logit_scale, so that step 0 scores exactly as that checkpoint does."""
 
 
 @dataclass
@@ -349,7 +354,6 @@ def validate(cfg: Config) -> None:
         "data.clip_seconds": cfg.data.clip_seconds,
         "data.batch_size": cfg.data.batch_size,
         "data.max_text_chars": cfg.data.max_text_chars,
-        "model.embed_dim": cfg.model.embed_dim,
         "model.text.max_length": cfg.model.text.max_length,
         "loss.strong_tau": cfg.loss.strong_tau,
         "loss.init_logit_scale": cfg.loss.init_logit_scale,
@@ -359,6 +363,8 @@ def validate(cfg: Config) -> None:
         "train.grad_accum": cfg.train.grad_accum,
         "eval.batch_size": cfg.eval.batch_size,
     }
+    if cfg.model.embed_dim is not None:
+        positive["model.embed_dim"] = cfg.model.embed_dim
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value!r}")

@@ -423,3 +423,44 @@ def zero_shot_accuracy(audio_emb: Any, label_text_emb: Any, labels: Any) -> floa
     if not keep.any():
         raise ValueError("zero_shot_accuracy: no clip has a label")
     return float(np.mean(lab[np.flatnonzero(keep), pred[keep]]))
+
+
+def classification_metrics(scores: Any, labels: Any) -> dict[str, Any]:
+    """Single-label classification from class scores [N, C] (e.g. clip-to-label-text similarities) and the true class
+    index of each clip [N].
+
+    Returns `accuracy` (top-1; ties go to the lower class index), `recall` [C] (per class; NaN for a class without
+    clips), `ap` [C] (per class, one-vs-rest average precision of its score column; NaN without clips),
+    `balanced_accuracy` and `mAP` (their means over the classes that have clips), `confusion` [C, C] (counts; row =
+    true class, column = predicted) and `predicted` [N].
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.ndim != 2 or y.shape != (len(s),):
+        raise ValueError(
+            f"classification_metrics: expected scores [N, C] and labels [N], got {s.shape}, {y.shape}"
+        )
+    n, c = s.shape
+    if n == 0 or c == 0:
+        raise ValueError("classification_metrics: no clips or no classes")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= c:
+        raise ValueError(f"labels: expected class indices in [0, {c}), got {y[:5]!r}...")
+    if not np.isfinite(s).all():
+        raise ValueError("scores: contains NaN or Inf")
+    predicted = s.argmax(axis=1)
+    confusion = np.zeros((c, c), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, np.diag(confusion) / support, np.nan)
+    ap = np.array([average_precision(s[:, k], y == k) for k in range(c)])
+    present = support > 0
+    return {
+        "accuracy": float(np.mean(predicted == y)),
+        "balanced_accuracy": float(np.mean(recall[present])),
+        "mAP": float(np.mean(ap[present])),
+        "recall": recall,
+        "ap": ap,
+        "confusion": confusion,
+        "predicted": predicted,
+    }

@@ -12,6 +12,7 @@ from trainer.metrics import (
     audio_to_text,
     average_precision,
     binary_auroc,
+    classification_metrics,
     frame_alignment_metrics,
     frame_targets,
     frame_timestamps,
@@ -255,3 +256,20 @@ def test_zero_shot_accuracy_by_hand():
     assert zero_shot_accuracy(audio, labels_text, multi) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="class indices"):
         zero_shot_accuracy(audio, labels_text, [0, 1, 2, 0])
+
+
+def test_classification_metrics_by_hand():
+    scores = [[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.3]]
+    m = classification_metrics(scores, np.array([0, 0, 1, 1]))  # class 2 has no clips
+    assert m["accuracy"] == 0.5 and m["predicted"].tolist() == [0, 1, 1, 0]
+    assert m["confusion"].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+    np.testing.assert_allclose(m["recall"][:2], [0.5, 0.5])
+    assert math.isnan(m["recall"][2])
+    # class 0 column 0.9+ 0.5- 0.3- 0.2+: P 1 at R .5, P 2/4 at R 1 -> .75; class 1: 0.8- 0.6+ 0.4+ 0.1- -> 7/12
+    np.testing.assert_allclose(m["ap"][:2], [0.75, 7 / 12])
+    assert math.isnan(m["ap"][2])
+    assert m["balanced_accuracy"] == 0.5 and m["mAP"] == pytest.approx((0.75 + 7 / 12) / 2)
+    with pytest.raises(ValueError, match=r"labels: expected class indices in \[0, 3\)"):
+        classification_metrics(scores, np.array([0, 0, 1, 3]))
+    with pytest.raises(ValueError, match=r"expected scores \[N, C\] and labels \[N\]"):
+        classification_metrics(scores, np.array([0, 1]))

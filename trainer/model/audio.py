@@ -154,7 +154,13 @@ class ASTBackend(nn.Module):
 
 
 class ClapBackend(nn.Module):
-    """CLAP HTSAT: log-mel (dB) windows -> Swin -> the model's time-unfolded output averaged over frequency."""
+    """CLAP HTSAT: log-mel (dB) windows -> Swin -> the model's time-unfolded output averaged over frequency.
+
+    A window is `window_frames` mel frames of (window_frames - 1) * hop samples, its mel computed on its own as
+    ClapFeatureExtractor computes one clip of max_length_s (a centred STFT that reflects at the window's edges): a
+    clip of exactly that length gives the extractor's input_features, and the mean of its frames is ClapModel's
+    pooled audio output.
+    """
 
     def __init__(self, model: ClapAudioModel, extractor: dict[str, Any], window_frames: int):
         super().__init__()
@@ -177,6 +183,7 @@ class ClapBackend(nn.Module):
             )
         )
         self.window = window_frames
+        self.window_samples = (window_frames - 1) * int(extractor["hop_length"])
         self.fusion = bool(c.enable_fusion)
         if self.fusion:
             # Windows are never longer than the model's input, so the long-audio fusion branch stays unused;
@@ -188,18 +195,18 @@ class ClapBackend(nn.Module):
         stages = len(c.depths)
         self.hidden_size = int(c.patch_embeds_hidden_size * 2 ** (stages - 1))
         self.frames_per_window = freq_ratio * (c.spec_size // 2 ** (stages - 1) // c.patch_stride[1])
-        self.frame_rate = self.frames_per_window / (window_frames * self.mel.hop_seconds)
+        self.frame_rate = self.frames_per_window * self.sample_rate / self.window_samples
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.model, enabled)
 
     def features(self, wave: Tensor, mask: Tensor) -> Tensor:
-        """[B*K, 1, window, n_mels] log-mel (dB) windows of the zero-padded waveform."""
-        hop = self.mel.spec.hop_length
-        k = max(1, math.ceil(wave.shape[-1] / (self.window * hop)))
-        wave = nn.functional.pad(wave, (0, k * self.window * hop - wave.shape[-1]))
-        mel = self.mel(wave)[:, : k * self.window]  # [B, K*W, M]
-        return mel.reshape(-1, 1, self.window, mel.shape[-1])
+        """[B*K, 1, window, n_mels] log-mel (dB) of the zero-padded waveform's consecutive windows."""
+        n = self.window_samples
+        k = max(1, math.ceil(wave.shape[-1] / n))
+        wave = nn.functional.pad(wave, (0, k * n - wave.shape[-1]))
+        mel = self.mel(wave.reshape(-1, n))  # [B*K, W, M]: 1 + n // hop frames each
+        return mel[:, None]
 
     def forward(self, wave: Tensor, mask: Tensor) -> Tensor:
         x = self.features(wave, mask).to(self.model.dtype)
@@ -415,12 +422,17 @@ def _load_pretrained(
 
 
 def build_audio_encoder(
-    cfg: AudioModelConfig, sample_rate: int, source: str | None = None, load_weights: bool = True
+    cfg: AudioModelConfig,
+    sample_rate: int,
+    source: str | None = None,
+    load_weights: bool = True,
+    backbone: PreTrainedModel | None = None,
 ) -> AudioEncoder:
     """The audio tower of `cfg` for input at `sample_rate` Hz.
 
     `source` (default: cfg.pretrained) is where a pretrained backbone's config, feature-extractor settings and
-    (when `load_weights`) weights come from; checkpoints pass their own copy with load_weights=False.
+    (when `load_weights`) weights come from; checkpoints pass their own copy with load_weights=False. `backbone`
+    is that model already loaded (a full CLAP checkpoint loaded once for both towers).
     """
     source = source if source is not None else cfg.pretrained
     if cfg.name == "conv":
@@ -447,7 +459,7 @@ def build_audio_encoder(
             model = _MODEL_CLASSES[cfg.name](config)
     else:
         source = resolve_pretrained(source, "model.audio.pretrained")
-        model = _load_pretrained(cfg.name, source, cfg.overrides, load_weights)
+        model = backbone or _load_pretrained(cfg.name, source, cfg.overrides, load_weights)
         extractor = load_extractor(source, "model.audio.pretrained")
 
     if cfg.name == "ast":

@@ -243,8 +243,10 @@ def build_text_encoder(
     load_weights: bool = True,
     tokenizer: Any = None,
     pooling: str | None = None,
+    backbone: PreTrainedModel | None = None,
 ) -> TextEncoder:
-    """The text tower of `cfg`. Checkpoints pass their saved `source` config, `tokenizer` and `pooling`."""
+    """The text tower of `cfg`. Checkpoints pass their saved `source` config, `tokenizer` and `pooling`; `backbone`
+    is the model of `source` already loaded (a full CLAP checkpoint loaded once for both towers)."""
     source = source if source is not None else cfg.pretrained
     if cfg.name not in ("tiny", "bert", "roberta", "clap", "auto"):
         raise ValueError(f"model.text.name: unknown text encoder {cfg.name!r}")
@@ -265,7 +267,7 @@ def build_text_encoder(
                 f"to load {source!r}"
             )
         source = resolve_pretrained(source, "model.text.pretrained")
-        model = _pretrained_model(cfg, source, load_weights)
+        model = backbone or _pretrained_model(cfg, source, load_weights)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source)
         default_pooling = detect_pooling(source) or ("pooler" if cfg.name == "clap" else "cls")
