@@ -53,6 +53,8 @@ class SonotextConfig(PretrainedConfig):
     text_pooling: str | None = None
     heads: dict | None = None
     """{"audio": HeadSpec, "text": HeadSpec} as dicts; absent in version 1 (linear heads)."""
+    caption_transform: str = "none"
+    """Normalisation of every text before tokenising (data.caption_transform of the training run)."""
 
 
 def is_hub_id(name: str) -> bool:

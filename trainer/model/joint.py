@@ -276,6 +276,7 @@ class AudioTextModel(nn.Module):
                     "max_logit_scale",
                     "text_pooling",
                     "heads",
+                    "caption_transform",
                 )
             }
         )
