@@ -45,9 +45,10 @@ from shards.parts import ConvertOptions, SplitPlan, merge_split, plan_split
 from shards.sources import SOURCES, Source, SourceError
 from shards.verify import verify_split
 from shards.writer import Part, PartsMissing, WriterError, remove_part_files, write_plan
+from trainer.cli import program_name
 from trainer.config import ConfigError
 
-PROG = "python -m launch.convert"
+PROG = program_name("launch.convert")
 PROGRESS_EVERY_S = 60.0
 """A running task logs one progress line this often."""
 DEFAULT_LOCAL_TIMEOUT_MIN = 7 * 24 * 60

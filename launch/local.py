@@ -17,6 +17,7 @@ import submitit
 
 from launch.job import TrainJob, time_limit_signal
 from launch.slurm import make_job, submission_env
+from trainer.cli import program_name
 from trainer.config import ConfigError, load_config
 
 DEFAULT_TIMEOUT_MIN = 7 * 24 * 60
@@ -24,7 +25,7 @@ DEFAULT_TIMEOUT_MIN = 7 * 24 * 60
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m launch.local",
+        prog=program_name("launch.local"),
         description="Run a sonotext training job through submitit's local executor (one process per task).",
     )
     parser.add_argument(

@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from trainer.cli import program_name
 from trainer.stop import EXIT_PREEMPTED, STOP_SIGNALS
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("launch.probe"), description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", required=True, type=Path, help="folder for state.json, progress.json, runs.jsonl"
     )

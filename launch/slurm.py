@@ -24,6 +24,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.cluster import ClusterConfig, load_cluster, sbatch_parameters
 from launch.job import PROBE_ENTRY, TrainJob, time_limit_signal
+from trainer.cli import program_name
 from trainer.config import ConfigError, load_config
 from trainer.config_files import resolve_config_file
 
@@ -32,7 +33,7 @@ PROBE_STEPS = 20
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m launch.slurm",
+        prog=program_name("launch.slurm"),
         description="Submit a sonotext training run to SLURM (submitit; requeues and resumes on time limits).",
     )
     parser.add_argument(

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from trainer.cli import program_name
+
 BENCHMARKS = {
     "convert": ("tools.benchmarks.convert", "conversion throughput vs a bare decode+resample+encode loop"),
     "loader": ("tools.benchmarks.loader", "training pipeline samples/s vs bare soundfile decode"),
@@ -48,7 +50,7 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(
-        prog="python -m tools.bench",
+        prog=program_name("tools.bench"),
         description=__doc__.splitlines()[0],
         epilog="benchmarks: " + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()),
     )
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(
         module
     )  # only the chosen one: the others may need hardware this machine lacks
-    parser = argparse.ArgumentParser(prog=f"python -m tools.bench {ns.name}", description=help_text)
+    parser = argparse.ArgumentParser(prog=f"{program_name('tools.bench')} {ns.name}", description=help_text)
     parser.add_argument("--json", type=Path, default=None, help="also write {'rows': [...], 'ratio': x} here")
     if hasattr(mod, "add_arguments"):
         mod.add_arguments(parser)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.cli import program_name
 from trainer.config import ConfigError
 from trainer.config_files import resolve_config_file, shipped_dir, shipped_names
 
@@ -24,7 +25,7 @@ FOLDERS = ("", "experiments", "accelerate", "deepspeed", "clusters")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.configs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name("tools.configs"), description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="names of the shipped configs")
     path = sub.add_parser("path", help="absolute path of a shipped config")

@@ -37,8 +37,9 @@ from shards.convert import (
 )
 from shards.sources import SOURCES, Source, SourceError
 from shards.writer import WriterError
+from trainer.cli import program_name
 
-PROG = "python -m tools.convert"
+PROG = program_name("tools.convert")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.cli import program_name
+
 CONFIG = "configs/demo.yaml"
 RUNS = {
     "weak_only": ["data.strong_every=0", "data.strong=[]"],
@@ -155,7 +157,7 @@ def table(summary: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("tools.demo"), description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", type=Path, default=Path("data/demo"), help="raw data and shards (default data/demo)"
     )

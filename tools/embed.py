@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.model_cli import add_model_options, load_model_from_args
+from trainer.cli import program_name
+
 
 def read_lines(path: Path, what: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file (line ends stripped)."""
@@ -72,10 +75,8 @@ def write_outputs(out: Path, index: Path, embeddings: np.ndarray, keys: list[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.embed", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--checkpoint", required=True, help="RUN/checkpoints/step_N, a saved model folder, or a hub id"
-    )
+    p = argparse.ArgumentParser(prog=program_name("tools.embed"), description=__doc__.split("\n")[0])
+    add_model_options(p, "clips or texts per forward pass")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio-dir", type=Path, help="embed every audio file in this folder and below it")
     src.add_argument(
@@ -86,27 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index", type=Path, default=None, help="keys to write, one per line (default OUT.keys.txt)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="clips or texts per forward pass (default 16)")
-    p.add_argument(
-        "--max-seconds", type=float, default=None, help="use only the first S seconds of each file"
-    )
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from shards.audio import AudioError
-    from trainer.checkpoint import CheckpointError, load_model
-    from trainer.distributed import local_device
+    from trainer.checkpoint import CheckpointError
     from trainer.model.inference import embed_files
 
     args = build_parser().parse_args(argv)
     progress = sys.stdout.isatty()
     try:
-        if args.batch_size <= 0:
-            raise ValueError(f"--batch-size: must be > 0, got {args.batch_size}")
-        if args.max_seconds is not None and args.max_seconds <= 0:
-            raise ValueError(f"--max-seconds: must be > 0, got {args.max_seconds}")
         if args.out.suffix != ".npy":
             raise ValueError(f"--out {args.out}: must end in .npy")
         if args.texts is not None:
@@ -115,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             files, keys = (
                 audio_from_dir(args.audio_dir) if args.audio_dir else audio_from_list(args.audio_list)
             )
-        model = load_model(args.checkpoint, local_device(args.device), "--checkpoint").eval()
+        model = load_model_from_args(args)
         skipped: list[tuple[str, str]] = []
         if args.texts is not None:
             emb = model.embed_text(keys, batch_size=args.batch_size, progress=progress).numpy()

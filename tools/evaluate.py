@@ -21,13 +21,15 @@ from typing import Any
 
 import torch
 
+from trainer.cli import program_name
+
 TASKS = ("retrieval", "temporal")
 COUNTS = ("expected", "read", "skipped")
 """Report keys that count samples (trainer.evaluate.COUNTS)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("tools.evaluate"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="RUN/checkpoints/step_N (holds model/)")
     p.add_argument(
         "--data",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.cli import program_name
+
 
 def check_round_trip(model, folder: Path) -> float:
     """Max abs difference between the model and the folder's copy on a probe clip and text (raises if not ~equal)."""
@@ -40,7 +42,7 @@ def check_round_trip(model, folder: Path) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("tools.export"), description=__doc__.split("\n")[0])
     p.add_argument(
         "--checkpoint", required=True, help="RUN/checkpoints/step_N (or latest), or a saved model folder"
     )

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.cli import program_name
+
 PACKAGES = (
     "transformers",
     "accelerate",
@@ -150,7 +152,9 @@ def summarize(work: Path, out: Path, zero_steps: int) -> tuple[bool, dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.gpu_validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=program_name("tools.gpu_validate"), description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="python, torch, GPU and package versions")
     sub.add_parser("cuda", help="1 if torch sees a CUDA device, else 0")

@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from trainer.cli import program_name
+
 STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 TRAIN_PANELS = {
     "loss": ("loss", ["loss", "loss_weak", "loss_strong"]),
@@ -367,7 +369,7 @@ def similarity_examples(model, batches, num_clips: int, device=None) -> list[dic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.plot", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("tools.plot"), description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser(

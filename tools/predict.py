@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.cli import program_name
+
 
 def read_queries(path: Path) -> list[str]:
     """The non-empty `caption` column of a CSV; an error names the file when the column or the queries are missing."""
@@ -96,7 +98,7 @@ def write_csv(path: Path, queries: Sequence[str], names: Sequence[str], sim: np.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.predict", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("tools.predict"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="RUN/checkpoints/step_N")
     p.add_argument("--queries", required=True, type=Path, help="CSV with a 'caption' column")
     p.add_argument("--audio-dir", required=True, type=Path, help="folder of audio files to rank")

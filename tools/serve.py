@@ -21,6 +21,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from trainer.cli import program_name
+
 CHUNK = 1 << 20
 TYPES = {".tar": "application/x-tar", ".json": "application/json", ".csv": "text/csv"}
 
@@ -147,7 +149,7 @@ def make_server(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("tools.serve"), description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder to serve (e.g. the --out of tools.convert)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free one; default %(default)s)")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from synthetic.layouts import LAYOUTS, MAX_SECONDS, MIN_SECONDS, SAMPLE_RATES, generate
+from trainer.cli import program_name
 
 
 def _int_at_least(low: int, what: str):
@@ -48,7 +49,7 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.synthetic",
+        prog=program_name("tools.synthetic"),
         description="Synthetic clips with known event times, written in the official Clotho, TACOS and "
         "AudioSet-strong layouts (Clotho 70/15/15 development/validation/evaluation, TACOS one release, "
         "AudioSet-strong 70/30 train/eval).",

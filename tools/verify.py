@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from shards.verify import verify_split
 from tools.convert import OneLineParser, positive_int
+from trainer.cli import program_name
 
-PROG = "python -m tools.verify"
+PROG = program_name("tools.verify")
 
 
 def build_parser() -> argparse.ArgumentParser:

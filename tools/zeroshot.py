@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from tools.model_cli import add_model_options, load_model_from_args
+from trainer.cli import program_name
+
 DEFAULT_TEMPLATE = "This is a sound of {}."
 # ESC-50's metadata: meta/esc50.csv since v2.0.0; the release before named the label column category_name.
 ESC50_COLUMNS = {
@@ -157,10 +160,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.zeroshot", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--checkpoint", required=True, help="RUN/checkpoints/step_N, a saved model folder, or a hub id"
-    )
+    p = argparse.ArgumentParser(prog=program_name("tools.zeroshot"), description=__doc__.split("\n")[0])
+    add_model_options(p)
     p.add_argument(
         "--audio-dir", required=True, type=Path, help="folder the label file's paths are relative to"
     )
@@ -171,34 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--template", default=DEFAULT_TEMPLATE, help=f'prompt per label (default "{DEFAULT_TEMPLATE}")'
     )
     p.add_argument("--out", type=Path, default=Path("zeroshot"), help="output folder (default ./zeroshot)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
-    p.add_argument(
-        "--max-seconds", type=float, default=None, help="use only the first S seconds of each file"
-    )
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from shards.audio import AudioError
-    from trainer.checkpoint import CheckpointError, load_model
-    from trainer.distributed import local_device
+    from trainer.checkpoint import CheckpointError
     from trainer.metrics import classification_metrics
     from trainer.model.inference import embed_files
 
     args = build_parser().parse_args(argv)
     progress = sys.stdout.isatty()
     try:
-        if args.batch_size <= 0:
-            raise ValueError(f"--batch-size: must be > 0, got {args.batch_size}")
-        if args.max_seconds is not None and args.max_seconds <= 0:
-            raise ValueError(f"--max-seconds: must be > 0, got {args.max_seconds}")
         if not args.audio_dir.is_dir():
             raise FileNotFoundError(f"--audio-dir {args.audio_dir}: not a directory")
         rows = read_labels(args.labels)
         classes = sorted({label for _, label in rows})
         texts = prompts(classes, args.template)
-        model = load_model(args.checkpoint, local_device(args.device), "--checkpoint").eval()
+        model = load_model_from_args(args)
         label_emb = model.embed_text(texts, progress=progress)
         paths = [args.audio_dir / name for name, _ in rows]
         audio_emb, kept, skipped = embed_files(model, paths, args.batch_size, args.max_seconds, progress)

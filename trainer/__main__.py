@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.cli import program_name
 from trainer.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer",
+        prog=program_name("trainer"),
         description="Train an audio-text model. Keys and their meaning: trainer/config.py.",
         epilog="example: python -m trainer configs/debug.yaml optim.lr=1e-4 train.max_steps=50",
     )

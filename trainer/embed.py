@@ -217,7 +217,8 @@ class TemporalSet:
             )
 
 
-def _model_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
+def model_device(model: torch.nn.Module, device: torch.device | str | None = None) -> torch.device:
+    """`device` if given, else where the model's parameters are (CPU for a model without any)."""
     if device is not None:
         return torch.device(device)
     param = next(iter(model.parameters()), None)
@@ -226,11 +227,13 @@ def _model_device(model: torch.nn.Module, device: torch.device | str | None) -> 
 
 @contextmanager
 def eval_mode(model: torch.nn.Module):
-    """Eval mode without autograd inside the block; the previous train/eval mode is restored after it."""
+    """Eval mode without autograd inside the block; the previous train/eval mode is restored after it.
+
+    no_grad, not inference_mode: embeddings handed to users may later meet autograd (inference tensors cannot)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             yield
     finally:
         model.train(was_training)
@@ -301,7 +304,7 @@ def embed_retrieval(
     model, batches: Iterable[Mapping[str, Any]], device=None, lockstep: bool = False
 ) -> RetrievalSet:
     """Clip and caption embeddings of this rank's batches (eval mode, no gradients)."""
-    device = _model_device(model, device)
+    device = model_device(model, device)
     if lockstep:
         batches = lockstep_batches(batches, device)
     keys: list[str] = []
@@ -344,7 +347,7 @@ def embed_temporal(
 
     Region texts are embedded as `text_template.format(text)` (e.g. "the sound of {}" for label names).
     """
-    device = _model_device(model, device)
+    device = model_device(model, device)
     if lockstep:
         batches = lockstep_batches(batches, device)
     keys: list[str] = []

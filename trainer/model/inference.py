@@ -11,7 +11,6 @@ reflected audio), and clips of equal length (a dataset of 5 s clips) are unaffec
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,31 +113,14 @@ def _chunks(
         yield i, items[i : i + size]
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@contextmanager
-def evaluating(model: torch.nn.Module):
-    """Eval mode and no autograd inside the block; the model's train/eval mode is restored after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _audio_forward(model, items, sample_rate, batch_size, max_seconds, progress, skipped=None):
     """(indices into items, model output) per batch. With a `skipped` list, files that cannot be decoded are left
     out and listed there as (path, reason); without one they raise."""
     from shards.audio import AudioError
-    from trainer.embed import forward_batch
+    from trainer.embed import eval_mode, forward_batch, model_device
 
     device = model_device(model)
-    with evaluating(model):
+    with eval_mode(model):
         for start, chunk in _chunks(items, batch_size, progress, "audio"):
             clips, index = [], []
             for i, item in enumerate(chunk, start):
@@ -187,7 +169,7 @@ def embed_files(
 
 def embed_text(model, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> Tensor:
     """[T, D] L2-normalised embeddings of `texts`."""
-    from trainer.embed import forward_batch
+    from trainer.embed import eval_mode, forward_batch, model_device
 
     if isinstance(texts, str):
         raise TypeError("texts: expected a list of strings, got a single string")
@@ -196,7 +178,7 @@ def embed_text(model, texts: Sequence[str], batch_size: int = 64, progress: bool
         raise ValueError("texts: no texts given")
     device = model_device(model)
     parts = []
-    with evaluating(model):
+    with eval_mode(model):
         for _, chunk in _chunks(texts, batch_size, progress, "text"):
             parts.append(forward_batch(model, None, chunk, device).text.float().cpu())
     return torch.cat(parts)
