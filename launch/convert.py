@@ -5,7 +5,8 @@
     python -m launch.convert DATASET --src RAW --out OUT --local --tasks N [--workers-per-task K]
 
 Each split's listing is cut into N contiguous ranges of entries (shards.parts). One array element per
-(split, task) converts its range with K worker processes into ``OUT/DATASET/SPLIT/DATASET-SPLIT-TTTT-NNNNNN.tar``
+(split, task), a launch.convert_jobs.ConvertTask, converts its range with K worker processes into
+``OUT/DATASET/SPLIT/DATASET-SPLIT-TTTT-NNNNNN.tar``
 with its own journal; a task stopped by the scheduler exits, a task at its time limit requeues itself
 (submitit checkpoint -> DelayedSubmission), and either resumes from its journal. A job that depends on the
 array (afterany) merges the parts of every split into its ``manifest.json`` and verifies the split; it fails,
@@ -23,14 +24,9 @@ import argparse
 import contextlib
 import io
 import os
-import resource
-import signal
-import socket
 import sys
-import time
-import types
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,19 +34,16 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.cluster import ClusterConfig, load_cluster, sbatch_parameters
-from launch.job import EXIT_PREEMPTED
+from launch.convert_jobs import ConvertTask, MergeJob
 from launch.slurm import submission_env, submitit_command
-from shards.convert import ConvertError, convert
-from shards.parts import ConvertOptions, SplitPlan, merge_split, plan_split
-from shards.sources import SOURCES, Source, SourceError
-from shards.verify import verify_split
-from shards.writer import Part, PartsMissing, WriterError, remove_part_files, write_plan
+from shards.convert import ConvertError
+from shards.parts import ConvertOptions, SplitPlan, plan_split
+from shards.sources import SOURCES, SourceError
+from shards.splitdir import WriterError, remove_part_files, write_plan
 from trainer.cli import program_name
 from trainer.config import ConfigError
 
 PROG = program_name("launch.convert")
-PROGRESS_EVERY_S = 60.0
-"""A running task logs one progress line this often."""
 DEFAULT_LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 
 
@@ -141,182 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         cls.add_arguments(p)
     return parser
-
-
-# -- the jobs --------------------------------------------------------------------------------------------------
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used by this process and its finished children (the conversion's worker processes)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def exit_now(code: int, message: str = "") -> NoReturn:
-    """Leave the process at once, from anywhere (a signal handler inside a C callback included).
-
-    Safe because the writer is: finished shards are fsynced and journaled before anything else happens, and
-    a resumed task drops whatever the journal does not vouch for. An exception raised by a signal handler
-    would not be: one that lands in a C callback (soundfile's I/O) is printed and ignored.
-    """
-    if message:
-        print(message, flush=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-@dataclass
-class StopSignals:
-    """A task's signal handlers: SIGTERM exits (75); the time-limit signal runs submitit's requeue, then exits."""
-
-    name: str
-    time_limit: signal.Signals
-    requeue: Callable[[int, types.FrameType | None], object] | int | None
-
-    @classmethod
-    def install(cls, name: str) -> StopSignals:
-        time_limit = signal.Signals(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG))
-        handlers = cls(name, time_limit, signal.getsignal(time_limit))
-        signal.signal(signal.SIGTERM, handlers.on_term)
-        if time_limit != signal.SIGTERM:
-            signal.signal(time_limit, handlers.on_time_limit)
-        return handlers
-
-    def on_term(self, signum: int, frame: types.FrameType | None) -> None:
-        exit_now(
-            EXIT_PREEMPTED,
-            f"[convert] {self.name}: stopped by SIGTERM; finished shards are kept, a rerun resumes",
-        )
-
-    def on_time_limit(self, signum: int, frame: types.FrameType | None) -> None:
-        print(f"[convert] {self.name}: time limit; requeueing, the next run resumes", flush=True)
-        try:
-            if callable(self.requeue):
-                self.requeue(signum, frame)  # submitit: checkpoint() -> DelayedSubmission, requeue, sys.exit
-        except SystemExit as e:
-            exit_now(e.code if isinstance(e.code, int) else 1)
-        except BaseException as e:  # e.g. no requeue left: submitit says why
-            exit_now(1, f"[convert] {self.name}: not requeued: {e}")
-        exit_now(EXIT_PREEMPTED)
-
-
-@dataclass
-class ConvertTask:
-    """One array element: converts its part of one split; requeued at the time limit, it resumes."""
-
-    source: Source
-    split: str
-    out: Path
-    options: ConvertOptions
-    part: Part
-    workers: int = 1
-    restarts: int = 0
-    """Requeues through checkpoint() at the time limit (SLURM counts all requeues in SLURM_RESTART_COUNT)."""
-
-    @property
-    def name(self) -> str:
-        return f"{self.source.name}/{self.split} task {self.part.task}/{self.part.tasks}"
-
-    def __call__(self) -> dict[str, Any]:
-        StopSignals.install(self.name)
-        restarts = max(self.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
-        part = self.part
-        print(
-            f"[convert] {self.name} on {socket.gethostname()}: entries [{part.start}, {part.stop}) of "
-            f"{part.entries}, {self.workers} workers, run {restarts + 1}",
-            flush=True,
-        )
-        t0, cpu0 = time.monotonic(), cpu_seconds()
-        last = [t0]
-
-        def progress(entries: int, samples: int, seconds: float) -> None:
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                done = entries - part.start
-                print(
-                    f"[convert] {self.name}: {done}/{part.stop - part.start} entries, {samples} samples, "
-                    f"{seconds / 3600:.2f} h of audio",
-                    flush=True,
-                )
-
-        result = convert(
-            self.source,
-            self.split,
-            self.out,
-            **self.options.kwargs(),
-            workers=self.workers,
-            on_progress=progress,
-            part=part,
-        )
-        wall = time.monotonic() - t0
-        resumed = f", resumed after {result.resumed_shards} shards" if result.resumed_shards else ""
-        print(
-            f"[convert] {self.name}: {result.status}: {result.num_samples} samples in {result.num_shards} "
-            f"shards, {len(result.skipped)} skipped, {result.total_seconds / 3600:.2f} h of audio, "
-            f"{wall:.1f} s{resumed}",
-            flush=True,
-        )
-        return {
-            "split": self.split,
-            "task": part.task,
-            "status": result.status,
-            "num_samples": result.num_samples,
-            "num_shards": result.num_shards,
-            "audio_seconds": result.total_seconds,
-            "wall_seconds": round(wall, 3),
-            "cpu_seconds": round(cpu_seconds() - cpu0, 3),
-            "resumed_shards": result.resumed_shards,
-        }
-
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """Called by submitit at the time limit: the same task again; it resumes from its journal."""
-        return submitit.helpers.DelayedSubmission(replace(self, restarts=self.restarts + 1))
-
-
-@dataclass
-class MergeJob:
-    """The final step: merge each split's parts into manifest.json and verify it; fails naming what is missing."""
-
-    source: Source
-    splits: list[str]
-    out: Path
-    options: ConvertOptions
-    verify_workers: int = 1
-
-    def __call__(self) -> list[dict[str, Any]]:
-        done, errors = [], []
-        for split in self.splits:
-            where = f"{self.source.name}/{split}"
-            try:
-                manifest = merge_split(self.source, split, self.out, self.options)
-            except PartsMissing as e:
-                errors.append(str(e))
-                continue
-            split_dir = Path(self.out) / self.source.name / split
-            report = verify_split(split_dir, workers=self.verify_workers)
-            if not report.ok:
-                errors.append(
-                    f"{where}: tools.verify found {len(report.problems)} problem(s), the first: {report.problems[0]}"
-                )
-                continue
-            print(
-                f"[merge] {where}: {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "
-                f"{len(manifest['skipped'])} skipped, {manifest['total_seconds'] / 3600:.2f} h of audio; "
-                f"verified -> {split_dir}",
-                flush=True,
-            )
-            done.append(
-                {"split": split, "num_samples": manifest["num_samples"], "shards": len(manifest["shards"])}
-            )
-        if errors:
-            raise ConvertError("; ".join(errors))
-        return done
-
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """At the time limit (a long verification): run again; merged splits are kept and verified again."""
-        return submitit.helpers.DelayedSubmission(self)
 
 
 # -- planning and submission -----------------------------------------------------------------------------------

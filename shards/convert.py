@@ -3,7 +3,7 @@
     result = convert(Clotho(src), "development", out, sample_rate=32000, workers=4)
 
 The main process lists entries (metadata only), allocates keys, drops duplicate ids and writes shards
-in listing order; worker processes run :func:`convert_item` (decode, downmix, resample, cut into
+in listing order; worker processes run shards.encode.convert_item (decode, downmix, resample, cut into
 ``max_seconds`` segments, encode FLAC), a bounded number of items ahead. Bad audio becomes a `skipped`
 entry, never a crash.
 
@@ -16,8 +16,8 @@ uninterrupted run.
 
 One conversion at a time per split: ``OUT/DATASET/.SPLIT.lock`` (beside the split folder, so the folder
 holds only shards and manifest) is held with flock while a run writes; the OS releases it when that
-process ends, however it ends. :func:`check` lists and resolves a split
-exactly as :func:`convert` would, decoding and writing nothing.
+process ends, however it ends. The work on one item (decode, resample, segment, encode) is shards.encode;
+shards.check lists and resolves a split exactly as :func:`convert` would, decoding and writing nothing.
 
 In tasks (launch.convert): ``convert(..., part=Part(i, N, entries))`` converts only the entries
 [start, stop) of the listing (keys are still allocated over the whole listing before them, so they are
@@ -27,38 +27,26 @@ manifest; :mod:`shards.parts` merges the parts.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import multiprocessing
 import os
 import socket
-import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-import soundfile as sf
-
-from shards.audio import AudioError, audio_info, encode_flac, iter_segments, read_audio
-from shards.schema import KeyAllocator, Region, Sample, SchemaError, validate_sample
-from shards.sources.base import Candidate, Item, Layout, Skip, Source, describe_candidates, resolve_audio
-from shards.writer import (
-    JOURNAL,
-    TMP_SUFFIX,
-    Part,
-    ShardWriter,
-    describe_difference,
-    read_manifest,
-    read_part_manifest,
-)
+from shards.encode import Job, Outcome, cap_texts, run_job
+from shards.schema import KeyAllocator
+from shards.sources.base import Item, Skip, Source
+from shards.splitdir import JOURNAL, TMP_SUFFIX, Part, describe_difference, read_manifest, read_part_manifest
+from shards.writer import ShardWriter
 
 DEFAULT_SAMPLE_RATE = 32000
 DEFAULT_MAX_SECONDS = 60.0
@@ -67,45 +55,12 @@ DEFAULT_MAX_SHARD_BYTES = 1_000_000_000
 DEFAULT_MAX_TEXT_CHARS = 2000
 """Captions and region texts longer than this (characters) are cut to it and counted in the manifest."""
 LOCK_SUFFIX = ".lock"
-MIN_TAIL_SECONDS = 1.0
-"""A last segment shorter than this (or than half of max_seconds) is dropped from a segmented file."""
-MIN_CUT_REGION_SECONDS = 0.1
-"""A region cut by a segment boundary is kept only if at least this much of it stays in the segment."""
-LOSSLESS = (".wav", ".flac")
 IN_FLIGHT_PER_WORKER = 2
 """Items submitted ahead per worker process: keeps workers busy without queueing a whole listing."""
 
 
 class ConvertError(RuntimeError):
     """The conversion cannot run as asked (wrong split, output folder from other options, source changed)."""
-
-
-class ItemError(Exception):
-    """One item cannot become a sample; the message is its `skipped` reason."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """Everything a worker needs to turn one item into samples."""
-
-    item: Item
-    key: str
-    dataset: str
-    split: str
-    sample_rate: int
-    max_seconds: float
-    root: Path
-    """The source's --src; skip reasons name files relative to it, so manifests do not depend on it."""
-    truncated: int = 0
-    """How many of the item's texts were cut to the caption cap (counted once the item is written)."""
-
-
-class Outcome(NamedTuple):
-    """What a worker made of one item: samples, or the skip reason; and the naming its audio matched."""
-
-    samples: list[tuple[Sample, bytes]]
-    error: str | None
-    naming: str | None
 
 
 @dataclass
@@ -129,183 +84,6 @@ class ConvertResult:
     def skip_counts(self) -> Counter[str]:
         """Skips per reason category (the text before the first ':')."""
         return Counter(s["reason"].split(":", 1)[0] for s in self.skipped)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Per-item work (runs in the workers)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def cut_regions(regions: Iterable[Region], start: float, end: float) -> list[Region]:
-    """Regions inside [start, end), shifted to the segment; cut ones under MIN_CUT_REGION_SECONDS go."""
-    out = []
-    for r in regions:
-        onset, offset = max(r.onset, start), min(r.offset, end)
-        if offset <= onset:
-            continue
-        if (onset > r.onset or offset < r.offset) and offset - onset < MIN_CUT_REGION_SECONDS:
-            continue
-        out.append(Region(r.text, round(onset - start, 6), round(offset - start, 6), dict(r.meta)))
-    return out
-
-
-def wav_declared_seconds(path: Path) -> float | None:
-    """Duration a WAV header declares (libsndfile clamps it to the bytes present, hiding truncation)."""
-    with path.open("rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        byte_rate = None
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return None
-            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if cid == b"fmt ":
-                fmt = f.read(size + (size & 1))
-                if len(fmt) < 12:
-                    return None
-                byte_rate = struct.unpack("<I", fmt[8:12])[0]
-            elif cid == b"data":
-                if not byte_rate or size in (0, 0xFFFFFFFF):
-                    return None
-                return size / byte_rate
-            else:
-                f.seek(size + (size & 1), 1)
-
-
-def decodable_seconds(path: Path) -> float:
-    """How much of a file decodes before the first error (for the reason of a failed item)."""
-    try:
-        f = sf.SoundFile(str(path))
-    except Exception:
-        return 0.0
-    done = 0
-    with f:
-        block = max(1, f.samplerate // 10)
-        try:
-            while (n := len(f.read(block, dtype="float32", always_2d=True))) == block:
-                done += n
-            done += n
-        except Exception:
-            pass
-        return done / f.samplerate
-
-
-def windows(
-    path: Path, header_seconds: float, max_seconds: float, sample_rate: int
-) -> Iterator[tuple[float, np.ndarray, int]]:
-    """(start, mono audio at `sample_rate`, rate) of consecutive windows of at most `max_seconds`.
-
-    A file whose header says it fits in one window (the common case) is decoded and resampled in one
-    go, the cheapest way; longer ones stream one window at a time so hours never sit in memory.
-    """
-    if header_seconds <= max_seconds:
-        x, sr = read_audio(path, sample_rate)
-        if x.size <= round(max_seconds * sr):
-            yield 0.0, x, sr
-            return
-        del x  # the header understated the length: stream it after all
-    yield from iter_segments(path, max_seconds, sample_rate)
-
-
-def cap_texts(item: Item, max_chars: int) -> tuple[Item, int]:
-    """`item` with captions and region texts cut to `max_chars` characters, and how many were cut."""
-    cut = 0
-
-    def capped(text: str) -> str:
-        nonlocal cut
-        if len(text) <= max_chars:
-            return text
-        cut += 1
-        return text[:max_chars].rstrip()
-
-    captions = tuple(capped(c) for c in item.captions)
-    strong = tuple(dataclasses.replace(r, text=capped(r.text)) for r in item.strong)
-    return (dataclasses.replace(item, captions=captions, strong=strong) if cut else item), cut
-
-
-def convert_item(job: Job, found: Candidate | None = None) -> list[tuple[Sample, bytes]]:
-    """Decode, downmix, resample, segment and encode one item; ItemError says why it cannot be used.
-
-    `found` is the item's resolved audio (resolved here if not given).
-    """
-    item = job.item
-    found = found or resolve_audio(item)
-    if found is None:
-        raise ItemError(f"missing audio: {describe_candidates(item.audio, job.root)}")
-    path = found.path
-    if path.stat().st_size == 0:
-        raise ItemError(f"empty audio: {path} is 0 bytes")
-    try:
-        header_seconds, _ = audio_info(path)
-    except AudioError as e:
-        kind = "empty audio" if "empty audio" in str(e) else "undecodable audio"
-        raise ItemError(f"{kind}: {e}") from None
-    segments: list[tuple[float, float, bytes]] = []  # (start, seconds, flac)
-    try:
-        for start, x, sr in windows(path, header_seconds, job.max_seconds, job.sample_rate):
-            segments.append((start, x.size / sr, encode_flac(x, sr)))
-    except AudioError as e:
-        good = decodable_seconds(path)
-        if good > 0:
-            raise ItemError(
-                f"truncated audio: {path} decodes {good:.2f}s of {header_seconds:.2f}s, then: {e}"
-            ) from None
-        raise ItemError(f"undecodable audio: {e}") from None
-    decoded = sum(s for _, s, _ in segments)
-    if decoded <= 0:
-        raise ItemError(f"empty audio: {path} has no samples")
-    lossless = path.suffix.lower() in LOSSLESS
-    expected = (wav_declared_seconds(path) if path.suffix.lower() == ".wav" else None) or header_seconds
-    tolerance = max(0.1, 0.02 * expected) if lossless else max(0.5, 0.1 * expected)
-    if expected - decoded > tolerance:
-        raise ItemError(
-            f"truncated audio: {path} decodes to {decoded:.2f}s but its header says {expected:.2f}s"
-        )
-    segmented = len(segments) > 1
-    if segmented and segments[-1][1] < min(MIN_TAIL_SECONDS, job.max_seconds / 2):
-        segments.pop()
-    out = []
-    for i, (start, seconds, flac) in enumerate(segments):
-        strong = cut_regions(item.strong, start, start + seconds)
-        if not item.captions and not strong:
-            continue  # a strong-only segment without any region teaches nothing
-        meta = dict(item.meta)
-        if segmented:
-            meta["segment"] = {"index": i, "start": round(start, 6)}
-        sample = Sample(
-            key=f"{job.key}-seg{i:03d}" if segmented else job.key,
-            dataset=job.dataset,
-            split=job.split,
-            source_id=item.source_id,
-            duration=seconds,
-            sample_rate=job.sample_rate,
-            captions=list(item.captions),
-            strong=strong,
-            meta=meta,
-        )
-        try:
-            validate_sample(sample)
-        except SchemaError as e:
-            raise ItemError(f"bad sample: {e}") from None
-        out.append((sample, flac))
-    if not out:
-        raise ItemError(f"bad region: no region starts before the end of the audio ({decoded:.2f}s)")
-    return out
-
-
-def run_job(job: Job) -> Outcome:
-    """Worker entry point: (samples, None, naming), or ([], skip reason, naming). Never raises for bad input."""
-    found = None
-    try:
-        found = resolve_audio(job.item)
-        return Outcome(convert_item(job, found), None, found.naming if found else None)
-    except ItemError as e:
-        reason = str(e)
-    except Exception as e:  # a decoder bug on one odd file must not stop a multi-day conversion
-        reason = f"error: {type(e).__name__}: {e}"
-    return Outcome([], reason.replace(f"{job.root}{os.sep}", ""), found.naming if found else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -574,7 +352,7 @@ def _finished(
     return _result(manifest, out_dir, "complete")
 
 
-def _plan(
+def plan_entries(
     entries: Iterable[Item | Skip], keys: dict[str, str], dataset: str
 ) -> Iterator[tuple[int, Item | Skip]]:
     """Number the entries, allocate keys and turn repeated ids into skips (conversion and check share this)."""
@@ -602,7 +380,7 @@ def _tasks(
     """
     start, boundary, boundary_id = cursor["entries"], cursor["index"], cursor["id"]
     index = -1
-    for index, entry in _plan(entries, keys, dataset):
+    for index, entry in plan_entries(entries, keys, dataset):
         if stop is not None and index >= stop:
             index -= 1
             break
@@ -685,73 +463,3 @@ def _write_item(
         position = {"entries": index + 1 if last else index, "done": 0 if last else j + 1}
         state = {"namings": dict(counts.namings), "truncated": counts.truncated}
         writer.write(sample, flac, cursor={**position, "index": index, "id": entry.source_id, **state})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# --check: list and resolve, write nothing
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckResult:
-    """What a conversion of one split would find: the same listing, the same audio resolution."""
-
-    dataset: str
-    split: str
-    layout: Layout
-    listed: int = 0
-    """Entries: clips plus listing skips (what the conversion writes or skips)."""
-    found: int = 0
-    missing: int = 0
-    missing_examples: list[str] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    """Entries skipped while listing (bad rows, duplicates, blacklisted, unsafe names), as the manifest lists them."""
-    audio_namings: dict[str, int] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    """What the conversion adds to the manifest (region fixes, split method, relevance)."""
-
-    def skip_counts(self) -> Counter[str]:
-        return Counter(s["reason"].split(":", 1)[0] for s in self.skipped)
-
-
-def check(source: Source, split: str, workers: int = 8, examples: int = 5) -> CheckResult:
-    """Read the metadata and resolve every clip's audio (with `workers` threads); write nothing."""
-    if split not in source.splits:
-        raise ConvertError(
-            f"unknown split {split!r} for {source.name}; expected one of {', '.join(source.splits)}"
-        )
-    result = CheckResult(source.name, split, source.layout(split))
-    keys: dict[str, str] = {}
-    namings: Counter[str] = Counter()
-    for entry, found in _resolved(_plan(source.entries(split), keys, source.name), max(1, workers)):
-        result.listed += 1
-        if isinstance(entry, Skip):
-            result.skipped.append({"source_id": entry.source_id, "reason": entry.reason})
-        elif found is not None:
-            result.found += 1
-            namings[found.naming] += 1
-        else:
-            result.missing += 1
-            if len(result.missing_examples) < examples:
-                result.missing_examples.append(
-                    f"{entry.source_id}: {describe_candidates(entry.audio, source.src)}"
-                )
-    result.audio_namings = dict(sorted(namings.items()))
-    result.extra = source.manifest_extra(split, keys)
-    return result
-
-
-def _resolved(
-    planned: Iterator[tuple[int, Item | Skip]], workers: int
-) -> Iterator[tuple[Item | Skip, Candidate | None]]:
-    """(entry, its resolved audio) in listing order, stat calls on `workers` threads, a bounded window ahead."""
-    with ThreadPoolExecutor(workers) as executor:
-        window: deque[tuple[Item | Skip, Future | None]] = deque()
-        for _, entry in planned:
-            window.append((entry, executor.submit(resolve_audio, entry) if isinstance(entry, Item) else None))
-            while len(window) >= 64 * workers:
-                entry, future = window.popleft()
-                yield entry, future.result() if future else None
-        while window:
-            entry, future = window.popleft()
-            yield entry, future.result() if future else None

@@ -31,7 +31,7 @@ from shards.convert import (
 )
 from shards.schema import KeyAllocator
 from shards.sources.base import Item, Source
-from shards.writer import (
+from shards.splitdir import (
     DirLock,
     Part,
     describe_difference,

@@ -23,20 +23,19 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
+from shards.check import CheckResult, check
 from shards.convert import (
     DEFAULT_MAX_SECONDS,
     DEFAULT_MAX_SHARD_BYTES,
     DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_SAMPLES_PER_SHARD,
-    CheckResult,
     ConvertError,
     ConvertResult,
-    check,
     convert,
 )
 from shards.sources import SOURCES, Source, SourceError
-from shards.writer import WriterError
+from shards.splitdir import WriterError
 from trainer.cli import program_name
 
 PROG = program_name("tools.convert")

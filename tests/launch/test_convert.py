@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import submitit
 
-from launch.convert import ConvertTask, main
+from launch.convert import main
+from launch.convert_jobs import ConvertTask
 from shards.convert import convert
 from shards.mixing import MixedStream
 from shards.parts import ConvertOptions, plan_split
 from shards.sources.clotho import Clotho
-from shards.writer import DirLock, Part, read_part_manifest, write_plan
+from shards.splitdir import DirLock, Part, read_part_manifest, write_plan
 from tests.launch.convert_data import (
     OPTIONS,
     RATE,

@@ -17,15 +17,17 @@ import numpy as np
 import pytest
 
 from shards.audio import decode_flac, read_audio
-from shards.convert import ConvertError, Job, check, convert, convert_item, cut_regions, lock_path, run_job
+from shards.check import check
+from shards.convert import ConvertError, convert, lock_path
+from shards.encode import Job, convert_item, cut_regions, run_job
 from shards.schema import Region, Sample
 from shards.sources import SOURCES, Item
 from shards.sources.audiosetcaps import AudioSetCaps
 from shards.sources.base import Candidate, resolve_audio
 from shards.sources.tacos import Tacos
 from shards.sources.wavcaps import WavCaps
+from shards.splitdir import JOURNAL, MANIFEST
 from shards.verify import verify_split
-from shards.writer import JOURNAL, MANIFEST
 from tests.shards.fixtures import (
     write_audio,
     write_audiocaps,

@@ -11,7 +11,7 @@ from shards.convert import ConvertError, convert
 from shards.parts import ConvertOptions, listing_keys, merge_split, plan_split
 from shards.sources import SOURCES
 from shards.sources.tacos import Tacos
-from shards.writer import PartsMissing, write_plan
+from shards.splitdir import PartsMissing, write_plan
 from tests.shards.fixtures import write_clotho, write_tacos
 
 OPTIONS = ConvertOptions(samples_per_shard=1)

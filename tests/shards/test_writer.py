@@ -11,12 +11,11 @@ import pytest
 
 from shards.audio import decode_flac, encode_flac
 from shards.schema import Region, Sample, SchemaError
-from shards.writer import (
+from shards.splitdir import (
     JOURNAL,
     MANIFEST,
     Part,
     PartsMissing,
-    ShardWriter,
     WriterError,
     merge_parts,
     partition,
@@ -24,6 +23,7 @@ from shards.writer import (
     read_part_manifest,
     sum_counts,
 )
+from shards.writer import ShardWriter
 
 RATE = 8000
 

@@ -156,7 +156,7 @@ def in_tasks(tmp_path_factory):
     """The same Clotho development split converted by 5 tasks and merged (shards named -TTTT-NNNNNN.tar)."""
     from shards.convert import convert as convert_part
     from shards.parts import ConvertOptions, merge_split, plan_split
-    from shards.writer import write_plan
+    from shards.splitdir import write_plan
 
     base = tmp_path_factory.mktemp("verify-tasks")
     write_clotho(base / "raw")

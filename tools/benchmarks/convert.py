@@ -39,13 +39,13 @@ import numpy as np
 import soundfile as sf
 import submitit
 
-from launch.convert import ConvertTask
+from launch.convert_jobs import ConvertTask
 from shards.audio import encode_flac, read_audio
 from shards.convert import convert
 from shards.parts import ConvertOptions, merge_split, plan_split
 from shards.sources import SOURCES
+from shards.splitdir import write_plan
 from shards.verify import verify_split
-from shards.writer import write_plan
 
 SOURCE_RATE = 44100
 TARGET_RATE = 32000
