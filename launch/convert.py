@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
@@ -37,6 +37,7 @@ from launch.cluster import ClusterConfig, load_cluster, sbatch_parameters
 from launch.convert_jobs import ConvertTask, MergeJob
 from launch.slurm import submission_env, submitit_command
 from shards.convert import ConvertError
+from shards.convert_cli import conversion_parser, positive_int
 from shards.parts import ConvertOptions, SplitPlan, plan_split
 from shards.sources import SOURCES, SourceError
 from shards.splitdir import WriterError, remove_part_files, write_plan
@@ -47,93 +48,28 @@ PROG = program_name("launch.convert")
 DEFAULT_LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line naming the bad value (the full usage is in --help)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+def own_options(p: argparse.ArgumentParser) -> None:
+    """launch.convert's options besides the shared ones: where the tasks run, how many, --dry-run."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--cluster", type=Path, help="cluster YAML (configs/clusters/NAME.yaml): submit to SLURM"
+    )
+    where.add_argument("--local", action="store_true", help="run the tasks on this machine (submitit local)")
+    p.add_argument("--tasks", type=positive_int, default=1, help="tasks per split (default %(default)s)")
+    p.add_argument(
+        "--workers-per-task",
+        type=positive_int,
+        help="decode/encode processes per task (default: the cluster file's cpus_per_task; with --local, "
+        "this machine's cores divided by --tasks)",
+    )
+    p.add_argument("--partition", help="SLURM partition for the conversion (default: the cluster file's)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan and the sbatch scripts; submit nothing"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    for name, cls in SOURCES.items():
-        doc = (sys.modules[cls.__module__].__doc__ or name).strip()
-        p = sub.add_parser(
-            name,
-            help=doc.splitlines()[0],
-            description=doc,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("--src", type=Path, required=True, help="the dataset's folder, in its official layout")
-        p.add_argument("--out", type=Path, required=True, help="shards go to OUT/DATASET/SPLIT/")
-        p.add_argument("--split", choices=cls.splits, help="one split (default: all of them)")
-        p.add_argument(
-            "--audio-dir",
-            type=Path,
-            metavar="DIR",
-            help="where the audio is, if not in the layout's own folder (DIR/SPLIT/ or DIR itself)",
-        )
-        p.add_argument(
-            "--encoding", metavar="ENC", help="encoding of the metadata CSV/TSV files (default: UTF-8)"
-        )
-        where = p.add_mutually_exclusive_group(required=True)
-        where.add_argument(
-            "--cluster", type=Path, help="cluster YAML (configs/clusters/NAME.yaml): submit to SLURM"
-        )
-        where.add_argument(
-            "--local", action="store_true", help="run the tasks on this machine (submitit local)"
-        )
-        p.add_argument(
-            "--tasks", type=_positive(int), default=1, help="tasks per split (default %(default)s)"
-        )
-        p.add_argument(
-            "--workers-per-task",
-            type=_positive(int),
-            help="decode/encode processes per task (default: the cluster file's cpus_per_task; with --local, "
-            "this machine's cores divided by --tasks)",
-        )
-        p.add_argument("--partition", help="SLURM partition for the conversion (default: the cluster file's)")
-        p.add_argument(
-            "--dry-run", action="store_true", help="print the plan and the sbatch scripts; submit nothing"
-        )
-        p.add_argument(
-            "--max-caption-chars",
-            type=_positive(int),
-            default=ConvertOptions.max_text_chars,
-            metavar="N",
-            help="captions and region texts longer than N characters are cut to N (default %(default)s)",
-        )
-        p.add_argument("--sample-rate", type=_positive(int), default=ConvertOptions.sample_rate)
-        p.add_argument("--samples-per-shard", type=_positive(int), default=ConvertOptions.samples_per_shard)
-        p.add_argument(
-            "--max-shard-bytes",
-            type=_positive(int),
-            default=ConvertOptions.max_shard_bytes,
-            help="a shard closes before passing this size (default %(default)s)",
-        )
-        p.add_argument(
-            "--max-seconds",
-            type=_positive(float),
-            default=ConvertOptions.max_seconds,
-            help="longer recordings become consecutive segments of this length (default %(default)s)",
-        )
-        cls.add_arguments(p)
-    return parser
+    return conversion_parser(PROG, __doc__.split("\n\n")[0], own_options, out_required=True)
 
 
 # -- planning and submission -----------------------------------------------------------------------------------

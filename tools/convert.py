@@ -19,21 +19,16 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from tqdm import tqdm
 
 from shards.check import CheckResult, check
 from shards.convert import (
-    DEFAULT_MAX_SECONDS,
-    DEFAULT_MAX_SHARD_BYTES,
-    DEFAULT_MAX_TEXT_CHARS,
-    DEFAULT_SAMPLE_RATE,
-    DEFAULT_SAMPLES_PER_SHARD,
     ConvertError,
     ConvertResult,
     convert,
 )
+from shards.convert_cli import conversion_parser, positive_int
 from shards.sources import SOURCES, Source, SourceError
 from shards.splitdir import WriterError
 from trainer.cli import program_name
@@ -41,98 +36,24 @@ from trainer.cli import program_name
 PROG = program_name("tools.convert")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors are one line naming the bad value (the full usage is in --help)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-positive_int.__name__ = "positive integer"
-positive_float.__name__ = "positive number"
+def own_options(p: argparse.ArgumentParser) -> None:
+    """tools.convert's options besides the shared ones: --check, --workers, --limit."""
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="read the metadata and look for every clip's audio as the conversion would; write nothing",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=min(8, os.cpu_count() or 1),
+        help="decode/encode processes (default %(default)s)",
+    )
+    p.add_argument("--limit", type=positive_int, help="stop after this many samples per split")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    for name, cls in SOURCES.items():
-        doc = (sys.modules[cls.__module__].__doc__ or name).strip()
-        p = sub.add_parser(
-            name,
-            help=doc.splitlines()[0],
-            description=doc,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("--src", type=Path, required=True, help="the dataset's folder, in its official layout")
-        p.add_argument("--out", type=Path, help="shards go to OUT/DATASET/SPLIT/ (required unless --check)")
-        p.add_argument("--split", choices=cls.splits, help="one split (default: all of them)")
-        p.add_argument(
-            "--check",
-            action="store_true",
-            help="read the metadata and look for every clip's audio as the conversion would; write nothing",
-        )
-        p.add_argument(
-            "--audio-dir",
-            type=Path,
-            metavar="DIR",
-            help="where the audio is, if not in the layout's own folder (DIR/SPLIT/ or DIR itself)",
-        )
-        p.add_argument(
-            "--encoding",
-            metavar="ENC",
-            help="encoding of the metadata CSV/TSV files (default: UTF-8; Clotho's metadata CSVs: ISO-8859-1)",
-        )
-        p.add_argument(
-            "--max-caption-chars",
-            type=positive_int,
-            default=DEFAULT_MAX_TEXT_CHARS,
-            metavar="N",
-            help="captions and region texts longer than N characters are cut to N and counted (default %(default)s)",
-        )
-        p.add_argument(
-            "--sample-rate", type=positive_int, default=DEFAULT_SAMPLE_RATE, help="default %(default)s"
-        )
-        p.add_argument(
-            "--samples-per-shard",
-            type=positive_int,
-            default=DEFAULT_SAMPLES_PER_SHARD,
-            help="default %(default)s",
-        )
-        p.add_argument(
-            "--max-shard-bytes",
-            type=positive_int,
-            default=DEFAULT_MAX_SHARD_BYTES,
-            help="a shard closes before passing this size (default %(default)s)",
-        )
-        p.add_argument(
-            "--max-seconds",
-            type=positive_float,
-            default=DEFAULT_MAX_SECONDS,
-            help="longer recordings become consecutive segments of this length (default %(default)s)",
-        )
-        p.add_argument(
-            "--workers",
-            type=positive_int,
-            default=min(8, os.cpu_count() or 1),
-            help="decode/encode processes (default %(default)s)",
-        )
-        p.add_argument("--limit", type=positive_int, help="stop after this many samples per split")
-        cls.add_arguments(p)
-    return parser
+    return conversion_parser(PROG, __doc__.split("\n\n")[0], own_options, out_required=False)
 
 
 def counted(counts: dict[str, int]) -> str:

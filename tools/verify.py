@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from shards.convert_cli import OneLineParser, positive_int
 from shards.verify import verify_split
-from tools.convert import OneLineParser, positive_int
 from trainer.cli import program_name
 
 PROG = program_name("tools.verify")

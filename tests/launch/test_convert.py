@@ -199,7 +199,7 @@ def test_dry_run_prints_plan_and_scripts_and_writes_nothing(raw, tmp_path, capsy
     [
         ([], "one of the arguments --cluster --local is required"),
         (["--local", "--cluster", LOCAL], "not allowed with argument"),
-        (["--local", "--tasks", "0"], "--tasks: expected a positive int, got 0"),
+        (["--local", "--tasks", "0"], "--tasks: expected an integer >= 1, got 0"),
         (["--cluster", "no/such.yaml"], "cluster file not found: no/such.yaml"),
     ],
 )

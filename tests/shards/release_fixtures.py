@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from synthetic.layouts import TACOS_METADATA_FIELDS  # the release's 20 columns, one list for both
+
 RELEASES = Path(__file__).resolve().parent / "releases"
 WAVCAPS_HF_PREFIX = Path(
     "Zip_files/SoundBible/mnt/fast/nobackup/scratch4weeks/xm00178/WavCaps/data/waveforms"
@@ -283,28 +285,6 @@ def lay_audioset_strong(root: Path) -> Release:
 # TACOS: the release's schema (no public rows exist; see releases/README.md), MP3 clips at 32 kHz mono
 # ---------------------------------------------------------------------------------------------------------
 
-TACOS_METADATA = [
-    "filename",
-    "keywords",
-    "freesound_id",
-    "sound_link",
-    "manufacturer",
-    "license",
-    "superclass",
-    "subclass",
-    "title",
-    "description",
-    "duration",
-    "original_samplerate",
-    "original_bitdepth",
-    "original_file_type",
-    "num_downloads",
-    "avg_rating",
-    "geotag",
-    "start_time_s",
-    "end_time_s",
-    "original_filename",
-]
 TACOS_SUBCLASSES = ("Dog", "Rain")
 
 
@@ -367,7 +347,7 @@ def lay_tacos(root: Path, audio_in_src: bool = False, clips: int = 10) -> Releas
             "start_time_s": f"{start:.3f}",
         }
         split.clips[name] = Clip([caption], strong, "{filename}", meta)
-    write_csv(root / "metadata.csv", TACOS_METADATA, meta_rows)
+    write_csv(root / "metadata.csv", TACOS_METADATA_FIELDS, meta_rows)
     write_csv(root / "annotations_strong.csv", ["filename", "text", "onset", "offset"], strong_rows)
     write_csv(root / "annotations_weak.csv", ["filename", "text"], weak_rows)
     write_csv(root / "development_split.csv", ["filename"], dev)
