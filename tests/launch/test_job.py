@@ -92,36 +92,44 @@ def test_checkpoint_resubmits_the_same_job_with_one_more_restart(tmp_path):
     assert again == TrainJob(job.argv, job.entry, job.resume_argv, restarts=3)
 
 
-def send_later(sig: signal.Signals, delay: float) -> threading.Timer:
-    timer = threading.Timer(delay, os.kill, (os.getpid(), sig))
-    timer.start()
-    return timer
+def send_after_first_step(sig: signal.Signals, out) -> threading.Thread:
+    """Send `sig` to this process once the probe has written its first step (not after a guessed delay: a loaded
+    machine may take longer than any delay to start the entry, whose handlers must be in place first)."""
+
+    def wait_then_kill() -> None:
+        while not (out / "progress.json").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), sig)
+
+    thread = threading.Thread(target=wait_then_kill, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_scheduler_stop_exits_75_without_requeue(tmp_path):
     """SIGTERM (preemption, scontrol requeue, scancel): the entry saves and stops; the task exits 75, no requeue."""
     calls = []
     signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # submitit's handler slot
-    send_later(signal.SIGTERM, 0.5)
+    send_after_first_step(signal.SIGTERM, tmp_path)
     with pytest.raises(SystemExit) as info:
-        probe_job(tmp_path, steps=200, step_seconds=0.02)()
+        probe_job(tmp_path, steps=2000, step_seconds=0.02)()
     assert info.value.code == EXIT_PREEMPTED
     assert calls == []
     (run,) = runs(tmp_path)
-    assert run["exit"] == EXIT_PREEMPTED and 0 < run["end_step"] < 200
+    assert run["exit"] == EXIT_PREEMPTED and 0 < run["end_step"] < 2000
 
 
 def test_time_limit_signal_is_forwarded_and_requeues(tmp_path):
     """SIGUSR2 (submitit's time-limit signal) reaches the entry as SIGUSR1; then submitit's handler requeues."""
     calls = []
     signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
-    send_later(signal.SIGUSR2, 0.5)
+    send_after_first_step(signal.SIGUSR2, tmp_path)
     with pytest.raises(SystemExit) as info:
-        probe_job(tmp_path, steps=200, step_seconds=0.02)()
+        probe_job(tmp_path, steps=2000, step_seconds=0.02)()
     assert info.value.code == EXIT_PREEMPTED
     assert calls == [signal.SIGUSR2]  # submitit's checkpoint_and_try_requeue runs once, after the save
     (run,) = runs(tmp_path)
-    assert run["exit"] == EXIT_PREEMPTED and 0 < run["end_step"] < 200
+    assert run["exit"] == EXIT_PREEMPTED and 0 < run["end_step"] < 2000
 
 
 def test_forwarder_delivers_when_the_trainer_starts_listening_later():
