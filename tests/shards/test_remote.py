@@ -36,6 +36,8 @@ from trainer.config import DataConfig, SourceConfig
 SR = 8000
 FAST = ReadPolicy(retries=3, timeout_s=30.0, backoff_s=0.0)
 """Retries without waiting; 30 s is only reached by a stall, which lasts until the test ends."""
+STALL_TIMEOUT_S = 5.0
+"""Read timeout where a test makes the server stall: long enough that a loaded machine never looks like a stall."""
 
 
 def data_cfg(weak: str, strong: str, **kw) -> DataConfig:
@@ -245,7 +247,7 @@ def test_a_stalled_read_times_out_and_resumes(toy_data):
     name = "wa-train-000001.tar"
     faults = Faults(stall={name: [4096]})  # 4096 bytes, then nothing until the server stops
     with http_server(toy_data, faults) as server:
-        got = read_bytes(f"{server.url}/wa/{name}", replace(FAST, timeout_s=2.0))
+        got = read_bytes(f"{server.url}/wa/{name}", replace(FAST, timeout_s=STALL_TIMEOUT_S))
     assert got == (toy_data / "wa" / name).read_bytes()
     assert faults.ranges(name) == [None, "bytes=4096-"]
 
@@ -334,7 +336,7 @@ def test_training_stream_over_http_equals_disk_with_faults(toy_data):
         stall={"wb-train-000000.tar": [2000]},
     )
     with http_server(toy_data, faults) as server:
-        cfg = data_cfg(server.url, server.url, num_workers=2, timeout_s=2.0)
+        cfg = data_cfg(server.url, server.url, num_workers=2, timeout_s=STALL_TIMEOUT_S)
         assert_same_batches(reference, take(MixedStream(cfg, seed=3), 14))
     assert not any(faults.cut.values()) and not any(faults.stall.values())  # every fault happened
     assert faults.ranges("wa-train-000000.tar")[:3] == [None, "bytes=900-", "bytes=3900-"]
