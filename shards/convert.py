@@ -27,11 +27,8 @@ manifest; :mod:`shards.parts` merges the parts.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
-import os
-import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +42,16 @@ from typing import Any
 from shards.encode import Job, Outcome, cap_texts, run_job
 from shards.schema import KeyAllocator
 from shards.sources.base import Item, Skip, Source
-from shards.splitdir import JOURNAL, TMP_SUFFIX, Part, describe_difference, read_manifest, read_part_manifest
+from shards.splitdir import (
+    JOURNAL,
+    TMP_SUFFIX,
+    DirLock,
+    LockHeld,
+    Part,
+    describe_difference,
+    read_manifest,
+    read_part_manifest,
+)
 from shards.writer import ShardWriter
 
 DEFAULT_SAMPLE_RATE = 32000
@@ -155,22 +161,18 @@ def split_lock(out_dir: Path) -> Iterator[None]:
     The OS drops the lock when the holding process ends, so a killed run never blocks the next one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_path(out_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = DirLock(lock_path(out_dir), str(out_dir))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise ConvertError(
-                f"{out_dir} is being written by another conversion ({holder}, holding {path}); wait for it to "
-                f"finish or stop it (its lock goes away when it ends), then rerun"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        lock.acquire()
+    except LockHeld as e:
+        raise ConvertError(
+            f"{out_dir} is being written by another conversion ({e.holder}, holding {lock.path}); wait for it to "
+            f"finish or stop it (its lock goes away when it ends), then rerun"
+        ) from None
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def convert(

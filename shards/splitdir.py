@@ -37,6 +37,14 @@ class WriterError(RuntimeError):
     """The output folder cannot be written or resumed as asked; the message says what to delete."""
 
 
+class LockHeld(WriterError):
+    """A DirLock that another process holds; `holder` says who ("pid N on HOST")."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class PartsMissing(WriterError):
     """A merge found tasks that have not finished their part; rerunning the conversion completes them."""
 
@@ -109,9 +117,10 @@ class DirLock:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise WriterError(
+                raise LockHeld(
                     f"{self.what} is being written by {holder} (lock {self.path}); wait for it to end or "
-                    f"stop it first"
+                    f"stop it first",
+                    holder,
                 ) from None
             raise
         os.ftruncate(fd, 0)
