@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -23,9 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shards.files import TMP_SUFFIX, write_atomic
+
 MANIFEST = "manifest.json"
 JOURNAL = ".progress.jsonl"
-TMP_SUFFIX = ".tmp"
 PLAN = ".tasks.json"
 MANIFEST_ORDER = ("dataset", "split", "sample_rate", "num_samples", "total_seconds", "shards", "skipped")
 MERGE_LOCK = ".lock-merge"
@@ -168,32 +168,9 @@ def shard_pattern(dataset: str, split: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(dataset)}-{re.escape(split)}-(\d{{4}}-)?\d{{6}}\.tar$")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file, fsync, rename over `path`."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """JSON into `path` atomically (shards.files.write_atomic)."""
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
 
 
 def read_manifest(split_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from shards.audio import AudioError, decode_flac
+from shards.files import file_sha256
 from shards.schema import Sample, SchemaError
-from shards.splitdir import JOURNAL, MANIFEST, PART_FILES, PLAN, TMP_SUFFIX, file_sha256, shard_pattern
+from shards.splitdir import JOURNAL, MANIFEST, PART_FILES, PLAN, TMP_SUFFIX, shard_pattern
 
 MANIFEST_FIELDS = ("dataset", "split", "sample_rate", "num_samples", "total_seconds", "shards", "skipped")
 SHARD_FIELDS = ("name", "num_samples", "seconds", "bytes", "sha256")

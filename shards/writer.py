@@ -33,18 +33,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from shards.files import file_sha256, fsync_path, write_atomic
 from shards.schema import Sample, validate_sample
 from shards.splitdir import (
     JOURNAL,
     MANIFEST,
+    MANIFEST_ORDER,
     PART_FILES,
     TMP_SUFFIX,
     DirLock,
     Part,
     WriterError,
     describe_difference,
-    file_sha256,
-    fsync_dir,
     part_journal,
     part_lock,
     part_manifest_name,
@@ -282,14 +282,8 @@ class ShardWriter:
         return None if self.part is None else self.part.task
 
     def _rewrite_journal(self, entries: list[dict[str, Any]]) -> None:
-        tmp = self.out_dir / (self._journal + TMP_SUFFIX)
-        with tmp.open("w", encoding="utf-8") as f:
-            for obj in [self._header(), *entries]:
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out_dir / self._journal)
-        fsync_dir(self.out_dir)
+        lines = (json.dumps(obj, ensure_ascii=False) + "\n" for obj in [self._header(), *entries])
+        write_atomic(self.out_dir / self._journal, "".join(lines))
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -356,7 +350,7 @@ class ShardWriter:
         shard.raw.close()
         name = shard_name(self.dataset, self.split, shard.index, self._task)
         os.replace(shard.path, self.out_dir / name)
-        fsync_dir(self.out_dir)
+        fsync_path(self.out_dir)
         info = ShardInfo(
             name,
             shard.num_samples,
@@ -375,7 +369,7 @@ class ShardWriter:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as it would be written now (finished shards only)."""
-        reserved = {"dataset", "split", "sample_rate", "num_samples", "total_seconds", "shards", "skipped"}
+        reserved = set(MANIFEST_ORDER)
         clash = reserved & set(self.extra_manifest)
         if clash:
             raise ValueError(f"extra_manifest may not set {sorted(clash)}")

@@ -47,6 +47,8 @@ from typing import Any
 import torch
 import yaml
 
+from shards.files import file_sha256, fsync_path, write_atomic
+
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "trainer_state.json"
 MODEL_DIR = "model"
@@ -101,15 +103,10 @@ def find_latest(ckpt_root: Path) -> Path | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _hash_files(root: Path, names: list[str]) -> list[str]:
     """sha256 of each file, in threads (hashlib releases the GIL on large reads)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda name: _sha256(root / name), names))
+        return list(pool.map(lambda name: file_sha256(root / name), names))
 
 
 def write_checksums(path: Path) -> None:
@@ -121,13 +118,7 @@ def write_checksums(path: Path) -> None:
         if f != CHECKSUMS
     )
     lines = [f"{digest}  {name}\n" for name, digest in zip(names, _hash_files(path, names))]
-    tmp = path / (CHECKSUMS + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / CHECKSUMS)
-    _fsync_dir(path)
+    write_atomic(path / CHECKSUMS, "".join(lines))
 
 
 def verify_checkpoint(path: Path, only: str | None = None) -> None:
@@ -222,7 +213,7 @@ def settle_resumed(
         aside = _free_name(ckpt_root, f"{p.name}.{suffix}")
         os.replace(p, aside)
         report(f"checkpoint {p.name} is newer than the one resumed: renamed to {aside.name}")
-    _fsync_dir(ckpt_root)
+    fsync_path(ckpt_root)
     prune(ckpt_root, keep_last, step)
 
 
@@ -282,7 +273,7 @@ def save_checkpoint(
         if final.exists():  # only when another run wrote this folder: keep it, out of the way
             os.replace(final, _free_name(ckpt_root, f"{final.name}.superseded"))
         os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        fsync_path(ckpt_root)
         fault("renamed", step)
         _point_latest(ckpt_root, final.name)
         fault("linked", step)
@@ -418,16 +409,7 @@ def _point_latest(ckpt_root: Path, name: str) -> None:
         tmp_link.unlink()
     tmp_link.symlink_to(name)
     os.replace(tmp_link, ckpt_root / "latest")
-    _fsync_dir(ckpt_root)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and new names in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(ckpt_root)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -438,8 +420,4 @@ def _fsync_tree(root: Path) -> None:
     """Flush file contents before the rename makes the checkpoint visible (matters on power loss)."""
     for dirpath, _, files in os.walk(root):
         for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(Path(dirpath, f))
