@@ -300,6 +300,32 @@ CLAP_CAPTIONS = (
 )
 
 
+def tiny_joint_model(
+    sample_rate: int,
+    texts: Sequence[str],
+    width: int = 16,
+    vocab_size: int = 200,
+    embed_dim: int = 8,
+    loss=None,
+):
+    """A random-init AudioTextModel small enough for any test (conv audio tower and tiny text tower `width` wide,
+    `width` mel bands, a tokenizer trained on `texts`), built from seed 0 in eval mode: the same weights every time."""
+    import torch
+
+    from trainer.config import AudioModelConfig, LossConfig, ModelConfig, TextModelConfig
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        audio=AudioModelConfig(name="conv", hidden_size=width, num_layers=1, n_mels=width),
+        text=TextModelConfig(
+            name="tiny", hidden_size=width, num_layers=1, num_heads=2, vocab_size=vocab_size, max_length=16
+        ),
+        embed_dim=embed_dim,
+    )
+    return build_model(cfg, loss or LossConfig(), sample_rate, list(texts)).eval()
+
+
 def save_tiny_clap(path: Path, fused: bool = False, seed: int = 1, logit_scale: float = 20.0):
     """A tiny full CLAP checkpoint (transformers ClapModel: HTSAT + RoBERTa-style text, both projection heads and the
     logit scales) saved as laion/clap-htsat-* are: weights, ClapFeatureExtractor settings (48 kHz, 2 s windows,

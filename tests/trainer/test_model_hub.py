@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer
 
-from tests.helpers import ROOT, save_tiny_clap, serve_hub, tone
+from tests.helpers import ROOT, save_tiny_clap, serve_hub, tiny_joint_model, tone
 from trainer.checkpoint import load_model, training_summary
 from trainer.config import AudioModelConfig, LossConfig, ModelConfig, TextModelConfig
 from trainer.model import AudioTextModel, build_model
@@ -31,15 +31,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "sonotext_v1"
 
 
 def tiny_model() -> AudioTextModel:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        audio=AudioModelConfig(name="conv", hidden_size=16, num_layers=1, n_mels=16),
-        text=TextModelConfig(
-            name="tiny", hidden_size=16, num_layers=1, num_heads=2, vocab_size=150, max_length=16
-        ),
-        embed_dim=8,
-    )
-    return build_model(cfg, LossConfig(init_logit_scale=12.5), RATE, TEXTS).eval()
+    return tiny_joint_model(RATE, TEXTS, vocab_size=150, loss=LossConfig(init_logit_scale=12.5))
 
 
 def clips() -> list[np.ndarray]:

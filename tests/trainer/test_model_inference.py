@@ -8,8 +8,8 @@ import soundfile as sf
 import torch
 
 from shards.audio import AudioError, resample
-from tests.helpers import tone
-from trainer.config import AudioModelConfig, LossConfig, ModelConfig, TextModelConfig
+from tests.helpers import tiny_joint_model, tone
+from trainer.config import LossConfig
 from trainer.model import build_model
 from trainer.model.inference import FrameScores, pad_batch
 
@@ -19,15 +19,7 @@ TEXTS = ["a dog barks", "rain on a roof", "a tone at 440 hertz", "a steady beep"
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        audio=AudioModelConfig(name="conv", hidden_size=32, num_layers=1, n_mels=32),
-        text=TextModelConfig(
-            name="tiny", hidden_size=32, num_layers=1, num_heads=2, vocab_size=200, max_length=16
-        ),
-        embed_dim=16,
-    )
-    return build_model(cfg, LossConfig(), RATE, TEXTS)
+    return tiny_joint_model(RATE, TEXTS, width=32, embed_dim=16)
 
 
 def direct(model, waves: list[np.ndarray]) -> torch.Tensor:
