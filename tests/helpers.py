@@ -9,10 +9,13 @@ real HTTP server on 127.0.0.1 (tools.serve) that drops or stalls connections whe
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -158,6 +161,28 @@ def train_overrides(shards: Path, out_dir: Path, **extra) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------------
 # A real HTTP server on loopback (tools.serve: byte ranges, ETag) that fails on purpose where a test says so
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def wait_for_steps(
+    run: Path, proc: subprocess.Popen, n: int, timeout: float = 300, group: bool = False
+) -> None:
+    """Wait until the training `proc` has logged `n` steps in RUN/metrics.jsonl; fail (killing it, or its process
+    group when `group`: it was started in a session of its own) if it exits first or takes over `timeout` s."""
+    import pytest
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+        f = run / "metrics.jsonl"
+        if f.is_file() and len(f.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+    pytest.fail(f"no {n} logged steps within {timeout}s")
 
 
 @dataclass

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from launch.torchrun import stopped
-from tests.helpers import ROOT, train_overrides
+from tests.helpers import ROOT, train_overrides, wait_for_steps
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 
@@ -35,19 +34,6 @@ def start(launcher: str, run: Path, shards: Path) -> subprocess.Popen:
     )
 
 
-def wait_for_steps(run: Path, proc: subprocess.Popen, n: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-        f = run / "metrics.jsonl"
-        if f.is_file() and len(f.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"no {n} logged steps within {timeout}s")
-
-
 @pytest.mark.parametrize(
     "launcher,target,code",
     [
@@ -59,7 +45,7 @@ def wait_for_steps(run: Path, proc: subprocess.Popen, n: int, timeout: float = 3
 def test_sigterm_under_torchrun(tiny_shards, tmp_path, launcher, target, code):
     run = tmp_path / "run"
     proc = start(launcher, run, tiny_shards)
-    wait_for_steps(run, proc, 3)
+    wait_for_steps(run, proc, 3, group=True)
     if target == "agent":
         os.kill(proc.pid, signal.SIGTERM)
     else:

@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, train_overrides
+from tests.helpers import ROOT, train_overrides, wait_for_steps
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 
@@ -243,25 +242,12 @@ def _start(overrides: list[str]) -> subprocess.Popen:
     )
 
 
-def _wait_for_steps(run: Path, proc: subprocess.Popen, n: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"trainer exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-        f = run / "metrics.jsonl"
-        if f.is_file() and len(f.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"no {n} logged steps within {timeout}s")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_checkpoints_then_exits_for_requeue(tiny_shards, tmp_path, sig):
     run = tmp_path / "sig"
     overrides = train_overrides(tiny_shards, run, **{"train.max_steps": 500, "train.save_every": 0})
     proc = _start(overrides)
-    _wait_for_steps(run, proc, 3)
+    wait_for_steps(run, proc, 3)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 75, out[-3000:]
@@ -276,7 +262,7 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tiny_shards, tmp_path):
     run = tmp_path / "kill"
     overrides = train_overrides(tiny_shards, run, **{"train.max_steps": 40, "train.save_every": 2})
     proc = _start(overrides)
-    _wait_for_steps(run, proc, 7)
+    wait_for_steps(run, proc, 7)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     latest = (run / "checkpoints" / "latest").resolve()
